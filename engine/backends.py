@@ -1,0 +1,116 @@
+"""The ops a forward pass needs, in two interchangeable sets with the same cache semantics.
+
+- `TritonOps`: the kernels of `kernels/` (paged attention through block tables, fused
+  linear epilogues, LayerNorm). Batch invariant: a row's result is bit-identical whatever
+  the batch size or the other rows. Default on CUDA; on the CPU only under
+  `TRITON_INTERPRET=1` (tests).
+- `TorchOps`: plain torch ops, default on the CPU. Same pool, same slots; attention reads
+  a stream's blocks as one contiguous view (see `kv_cache.py`) and masks by position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import PagedKVCache
+
+
+@dataclass
+class ChunkMetadata:
+    """Where a chunk of queries sits: the nano-vllm "context" for one forward call.
+
+    slots:        [B * C] cache slot of every query row, -1 for padding
+    prefix_lens:  [B] int32 tokens already cached before this chunk
+    query_lens:   [B] int32 real queries in this chunk (0 marks a padding stream)
+    """
+
+    slots: torch.Tensor
+    prefix_lens: torch.Tensor
+    query_lens: torch.Tensor
+
+
+class TorchOps:
+    name = "torch"
+
+    def __init__(self, cache: PagedKVCache, scale: float) -> None:
+        self.cache = cache
+        self.scale = scale
+
+    @staticmethod
+    def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        return F.layer_norm(x, weight.shape, weight, bias, eps)
+
+    @staticmethod
+    def linear(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        activation: str | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        y = F.linear(x, weight, bias)
+        if activation == "gelu_tanh":
+            y = F.gelu(y, approximate="tanh")
+        return y if residual is None else y + residual
+
+    def write_kv(self, layer: int, keys: torch.Tensor, values: torch.Tensor, meta: ChunkMetadata) -> None:
+        # Padding rows write to the scratch slot rather than being skipped: a static shape.
+        slots = torch.where(meta.slots < 0, self.cache.shape.scratch_slot, meta.slots)
+        heads, head_dim = keys.shape[1:]
+        self.cache.keys[layer].view(-1, heads, head_dim).index_copy_(0, slots, keys)
+        self.cache.values[layer].view(-1, heads, head_dim).index_copy_(0, slots, values)
+
+    def attention(self, layer: int, query: torch.Tensor, meta: ChunkMetadata) -> torch.Tensor:
+        """query [B, C, H, D] -> [B, C, H, D]; query i attends to positions <= prefix + i."""
+        keys, values = self.cache.contiguous_view(layer)
+        rows, chunk = query.shape[:2]
+        keys, values = keys[:rows], values[:rows]
+        key_positions = torch.arange(keys.shape[1], device=query.device)
+        query_positions = meta.prefix_lens[:, None] + torch.arange(chunk, device=query.device)
+        visible = key_positions[None, None, :] <= query_positions[:, :, None]
+        out = F.scaled_dot_product_attention(
+            query.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=visible[:, None],
+            scale=self.scale,
+        )
+        return out.transpose(1, 2)
+
+
+class TritonOps:
+    name = "triton"
+
+    def __init__(self, cache: PagedKVCache, scale: float) -> None:
+        import kernels  # imported here so that CPU-only torch users never need Triton
+
+        self.kernels = kernels
+        self.cache = cache
+        self.scale = scale
+        self.layer_norm = kernels.layer_norm
+        self.linear = kernels.fused_linear
+
+    def write_kv(self, layer: int, keys: torch.Tensor, values: torch.Tensor, meta: ChunkMetadata) -> None:
+        self.kernels.write_kv_cache(
+            keys.contiguous(), values.contiguous(), self.cache.keys[layer], self.cache.values[layer], meta.slots
+        )
+
+    def attention(self, layer: int, query: torch.Tensor, meta: ChunkMetadata) -> torch.Tensor:
+        rows, chunk = query.shape[:2]
+        block_tables = self.cache.block_tables[:rows]
+        key_cache, value_cache = self.cache.keys[layer], self.cache.values[layer]
+        if chunk == 1:
+            context_lens = torch.where(meta.query_lens > 0, meta.prefix_lens + 1, 0).to(torch.int32)
+            out = self.kernels.paged_decode_attention(
+                query[:, 0].contiguous(), key_cache, value_cache, block_tables, context_lens, scale=self.scale
+            )
+            return out[:, None]
+        return self.kernels.paged_prefill_attention(
+            query.contiguous(), key_cache, value_cache, block_tables, meta.prefix_lens, meta.query_lens, scale=self.scale
+        )
+
+
+BACKENDS = {"torch": TorchOps, "triton": TritonOps}

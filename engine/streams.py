@@ -1,0 +1,134 @@
+"""The step interface: B token streams that prefill a context, then feed one token each.
+
+    streams = engine.open_streams(batch_size)
+    logits = streams.prefill(tokens)   # [B, L] int64, positions 0..L-1  -> [B, vocab] float32
+    logits = streams.step(next_tokens) # [B] int64, one more position    -> [B, vocab] float32
+
+Imagine and the compressor both drive the model only through this class.
+
+Shapes are static: every call runs `batch_size` rows (rows past the real batch are padding
+that reads and writes nothing real), a decode step is `[batch_size, 1]`, and a prefill is
+cut into chunks whose lengths come from a fixed set of buckets (powers of two up to
+`prefill_chunk`), each padded to its bucket. So torch.compile sees a bounded set of
+shapes, and on CUDA the decode step is captured once as a CUDA graph and replayed.
+
+Determinism: with the Triton backend a row's logits are bit-identical for any batch size
+and any other rows. With the torch backend they are identical for the same `batch_size`
+(library GEMMs choose their algorithm by shape), whatever the other rows hold.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from .errors import EngineError
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+ChunkFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Streams:
+    def __init__(self, engine: Engine, batch_size: int, forward: ChunkFn, decode: ChunkFn) -> None:
+        self.engine = engine
+        self.batch_size = batch_size
+        self._forward = forward  # compiled chunk forward, any bucket
+        self._decode = decode  # the decode step: a CUDA-graph replay on CUDA, else `forward`
+        device = engine.device
+        self.length = 0  # tokens fed so far; every stream advances in lockstep
+        self._start = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self._one = torch.ones(batch_size, dtype=torch.int32, device=device)
+        self._generation = engine._stream_generation
+
+    # --- the interface ---------------------------------------------------------------
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Reset every stream and feed `tokens [batch_size, L]`. Returns the next-token
+        logits after position L-1."""
+        self._check_open()
+        tokens = self._as_tokens(tokens, (self.batch_size, None))
+        length = tokens.shape[1]
+        if not 1 <= length <= self.engine.config.n_positions:
+            raise EngineError(f"prefill length {length} must be in 1..{self.engine.config.n_positions}")
+        self._start.zero_()
+        for begin in range(0, length, self.engine.prefill_chunk):
+            chunk = tokens[:, begin : begin + self.engine.prefill_chunk]
+            real = chunk.shape[1]
+            bucket = self._bucket(real)
+            padded = torch.nn.functional.pad(chunk, (0, bucket - real))
+            logits = self._forward(padded, self._start, torch.full_like(self._one, real))
+            self._start += real
+        self.length = length
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per stream, `tokens [batch_size]`. Returns the next-token logits.
+        Values are checked when `tokens` is on the CPU; device tensors are trusted (a check
+        would cost a host sync per token)."""
+        self._check_open()
+        if self.length == 0:
+            raise EngineError("step() before prefill(): every stream needs a context first")
+        if self.length >= self.engine.config.n_positions:
+            raise EngineError(f"the streams are full: all {self.engine.config.n_positions} positions are used")
+        tokens = self._as_tokens(tokens, (self.batch_size,))
+        logits = self._decode(tokens[:, None], self._start, self._one)
+        self._start += 1
+        self.length += 1
+        return logits
+
+    # --- helpers ---------------------------------------------------------------------
+    def _bucket(self, length: int) -> int:
+        bucket = 16
+        while bucket < length:
+            bucket *= 2
+        return min(bucket, self.engine.prefill_chunk)
+
+    def _check_open(self) -> None:
+        if self._generation != self.engine._stream_generation:
+            raise EngineError("these streams were closed: the engine opened new ones (one set at a time)")
+
+    def _as_tokens(self, tokens: torch.Tensor, shape: tuple[int | None, ...]) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):
+            raise EngineError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise EngineError(f"tokens must be integers, got {tokens.dtype}")
+        if tokens.dim() != len(shape) or any(want not in (None, got) for want, got in zip(shape, tokens.shape)):
+            want = ", ".join("L" if s is None else str(s) for s in shape)
+            raise EngineError(f"tokens must have shape [{want}], got {list(tokens.shape)}")
+        if tokens.device.type == "cpu" and tokens.numel():
+            low, high = int(tokens.min()), int(tokens.max())
+            if low < 0 or high >= self.engine.config.vocab_size:
+                raise EngineError(f"token values must be in 0..{self.engine.config.vocab_size - 1}, got {low}..{high}")
+        return tokens.to(device=self.engine.device, dtype=torch.int64)
+
+
+class CudaGraphStep:
+    """The decode step `[batch_size, 1]` captured once as a CUDA graph and replayed.
+
+    Inputs are copied into static buffers before each replay; the returned logits are a
+    copy, so callers may keep them across steps."""
+
+    def __init__(self, forward: ChunkFn, batch_size: int, device: torch.device) -> None:
+        self.tokens = torch.zeros(batch_size, 1, dtype=torch.int64, device=device)
+        self.start = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        # Zero query lengths make warm-up and capture padding-only: nothing real is written.
+        # Replays read whatever the buffers hold then.
+        self.query_lens = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        # Warm up (compiles, autotunes) on a side stream, as CUDA graph capture requires.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                forward(self.tokens, self.start, self.query_lens)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = forward(self.tokens, self.start, self.query_lens)
+
+    def __call__(self, tokens: torch.Tensor, start: torch.Tensor, query_lens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.start.copy_(start)
+        self.query_lens.copy_(query_lens)
+        self.graph.replay()
+        return self.logits.clone()
