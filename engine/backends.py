@@ -59,9 +59,9 @@ class TorchOps:
     def write_kv(self, layer: int, keys: torch.Tensor, values: torch.Tensor, meta: ChunkMetadata) -> None:
         # Padding rows write to the scratch slot rather than being skipped: a static shape.
         slots = torch.where(meta.slots < 0, self.cache.shape.scratch_slot, meta.slots)
-        heads, head_dim = keys.shape[1:]
-        self.cache.keys[layer].view(-1, heads, head_dim).index_copy_(0, slots, keys)
-        self.cache.values[layer].view(-1, heads, head_dim).index_copy_(0, slots, values)
+        index = (slots // self.cache.shape.block_size, slots % self.cache.shape.block_size)
+        self.cache.keys[layer].index_put_(index, keys)
+        self.cache.values[layer].index_put_(index, values)
 
     def attention(self, layer: int, query: torch.Tensor, meta: ChunkMetadata) -> torch.Tensor:
         """query [B, C, H, D] -> [B, C, H, D]; query i attends to positions <= prefix + i."""

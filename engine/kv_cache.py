@@ -1,7 +1,9 @@
 """The paged KV cache: one block pool per layer, block tables, slot mappings.
 
-Pool layout (the kernels' layout): `[num_layers, num_blocks + 1, block_size, heads, head_dim]`
-for keys and the same for values. Token position `p` of stream `r` lives at slot
+Pool layout (the kernels' layout): one `[num_blocks + 1, block_size, heads, head_dim]`
+tensor per layer for keys and one for values. Separate tensors per layer, written in place
+with `index_put_`, let torch.compile update the cache in place; writes through a view of
+one big pool made it copy the whole pool every step. Token position `p` of stream `r` lives at slot
 `block_tables[r, p // block_size] * block_size + p % block_size`. The extra last block is
 scratch: the torch backend sends padding rows' writes there (the Triton kernel skips
 negative slots instead), so no real block is ever touched by a padding row.
@@ -44,9 +46,9 @@ class CacheShape:
 class PagedKVCache:
     def __init__(self, shape: CacheShape, *, dtype: torch.dtype, device: torch.device) -> None:
         self.shape = shape
-        pool = (shape.num_layers, shape.num_blocks + 1, shape.block_size, shape.heads, shape.head_dim)
-        self.keys = torch.zeros(pool, dtype=dtype, device=device)
-        self.values = torch.zeros(pool, dtype=dtype, device=device)
+        pool = (shape.num_blocks + 1, shape.block_size, shape.heads, shape.head_dim)
+        self.keys = [torch.zeros(pool, dtype=dtype, device=device) for _ in range(shape.num_layers)]
+        self.values = [torch.zeros(pool, dtype=dtype, device=device) for _ in range(shape.num_layers)]
         blocks = torch.arange(shape.num_blocks, dtype=torch.int32, device=device)
         self.block_tables = blocks.view(shape.max_batch, shape.blocks_per_stream)
 
@@ -60,4 +62,4 @@ class PagedKVCache:
         """Keys and values of one layer as `[max_batch, blocks_per_stream * block_size, H, D]`."""
         s = self.shape
         view = (s.max_batch, s.blocks_per_stream * s.block_size, s.heads, s.head_dim)
-        return self.keys[layer, : s.num_blocks].view(view), self.values[layer, : s.num_blocks].view(view)
+        return self.keys[layer][: s.num_blocks].view(view), self.values[layer][: s.num_blocks].view(view)

@@ -1,0 +1,126 @@
+"""Imagine speed: the engine against Hugging Face `transformers` generation, same weights, same run.
+
+    python -m bench.imagine --layers 4               # CPU: gpt2m width, 4 layers
+    python -m bench.imagine --device cuda            # GPU: full-size gpt2m, random weights
+
+Per frame both sides prefill the last 19 frames (each behind BOS) plus the new BOS, then
+sample 128 tokens one at a time: exactly commaVQ's generation loop.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or with -m
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import models  # noqa: E402
+from engine import Engine  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_engine(engine: Engine, drives: np.ndarray, frames: int) -> float:
+    """Seconds per imagined frame (per call of `frames` frames, averaged over frames)."""
+    synchronize(engine.device)
+    start = time.perf_counter()
+    engine.imagine(drives, frames, seed=0)
+    synchronize(engine.device)
+    return (time.perf_counter() - start) / frames
+
+
+def time_transformers(hf, drives: np.ndarray, config: models.GPTConfig, device: torch.device) -> float:
+    """Seconds for one frame with `generate` (KV cache, sampling, BOS suppressed)."""
+    bos = config.bos_token_id
+    batch, frames = drives.shape[:2]
+    context = np.concatenate([np.full((batch, frames, 1), bos), drives.reshape(batch, frames, -1)], axis=2)
+    context = context[:, -(config.frames_per_window - 1) :].reshape(batch, -1)
+    input_ids = torch.from_numpy(np.concatenate([context, np.full((batch, 1), bos)], axis=1)).to(device)
+    synchronize(device)
+    start = time.perf_counter()
+    hf.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=config.frame_tokens,
+        min_new_tokens=config.frame_tokens,
+        do_sample=True,
+        top_k=0,
+        suppress_tokens=[bos],
+        pad_token_id=0,
+    )
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=24, help="gpt2m has 24; cut it for CPU runs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--frames", type=int, default=3, help="frames timed per measurement")
+    parser.add_argument("--batch", type=int, default=8, help="the larger batch for frames/s")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+    config = models.GPTConfig(n_layer=args.layers)
+    torch.manual_seed(0)
+    model = models.GPT(config)
+    drives = np.random.default_rng(0).integers(0, 1024, (args.batch, config.frames_per_window - 1, 128))
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"gpt2m-width model, {args.layers} layers, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+          f"{str(dtype).removeprefix('torch.')}, {hardware}, torch {torch.__version__}")
+
+    hf = None
+    if not args.skip_transformers:
+        import transformers
+
+        with tempfile.TemporaryDirectory() as directory:
+            models.save_pretrained(model, directory)
+            hf = transformers.GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(device).eval()
+
+    start = time.perf_counter()
+    engine = Engine(model, device=device, dtype=dtype, backend=args.backend, max_batch=args.batch)
+    engine.imagine(drives[:1], 1, seed=0)
+    warm_one = time.perf_counter() - start
+    start = time.perf_counter()
+    engine.imagine(drives, 1, seed=0)
+    warm_batch = time.perf_counter() - start
+    print(f"engine: backend {engine.backend}, compiled {engine.compile}; "
+          f"compile + warm-up {warm_one:.1f} s (batch 1), {warm_batch:.1f} s (batch {args.batch})")
+
+    per_frame = time_engine(engine, drives[:1], args.frames)
+    per_frame_batch = time_engine(engine, drives, args.frames)
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    kv_bytes = 2 * config.n_layer * config.n_positions * config.n_embd * torch.finfo(dtype).bits // 8
+    gigabytes = config.frame_tokens * (weight_bytes + kv_bytes) / 1e9  # upper bound of bytes read per frame
+    print(f"engine       batch 1: {per_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / per_frame:8.1f} tokens/s"
+          f"  ~{gigabytes / per_frame:.1f} GB/s")
+    print(f"engine       batch {args.batch}: {args.batch / per_frame_batch:9.2f} frames/s "
+          f"{args.batch * config.frame_tokens / per_frame_batch:8.1f} tokens/s")
+    if hf is not None:
+        with torch.no_grad():
+            time_transformers(hf, drives[:1], config, device)  # warm-up
+            hf_frame = min(time_transformers(hf, drives[:1], config, device) for _ in range(args.frames))
+            hf_batch = time_transformers(hf, drives, config, device)
+        print(f"transformers batch 1: {hf_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / hf_frame:8.1f} tokens/s")
+        print(f"transformers batch {args.batch}: {args.batch / hf_batch:9.2f} frames/s")
+        print(f"speed-up vs transformers: {hf_frame / per_frame:.2f}x per frame at batch 1, "
+              f"{hf_batch / per_frame_batch:.2f}x at batch {args.batch}")
+
+
+if __name__ == "__main__":
+    main()
