@@ -84,14 +84,25 @@ class Engine:
 
     @property
     def numerics(self) -> dict[str, str | int]:
-        """Everything besides the weights that the bits of the logits depend on."""
-        return {
+        """Everything besides the weights that the bits of the logits depend on: equal
+        dicts (same model) mean identical logits for identical calls.
+
+        On the CPU that includes torch's thread count (GEMMs split work by thread) and the
+        vector ISA ATen and inductor dispatch to; on CUDA the GPU architecture."""
+        numerics: dict[str, str | int] = {
             "backend": self.backend,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device.type,
             "prefill_chunk": self.prefill_chunk,
             "compiled": int(self.compile),
         }
+        if self.device.type == "cpu":
+            numerics["threads"] = torch.get_num_threads()
+            numerics["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        elif self.device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(self.device)
+            numerics["gpu"] = f"sm_{major}{minor}"
+        return numerics
 
     # --- the step interface ------------------------------------------------------------
     def open_streams(self, batch_size: int) -> Streams:

@@ -1,0 +1,178 @@
+"""encode/decode with a tiny random model: round trips, batching, mismatches, bad files."""
+import dataclasses
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import compress
+from compress import CodecParams, CompressError, CorruptFileError, ModelMismatchError, UnsupportedFormatError
+from compress.format import PREFIX, pack, unpack
+from engine import Engine
+from models import GPT, GPTConfig, save_pretrained
+
+WINDOW = 3  # frames: enough for every stride/context combination
+DTYPES = ["<i2", ">i2", "<i8", "<u2", ">u4", "|u1", "|i1", "<i4"]
+
+
+def tiny_engine(directory, seed: int, compile: bool = False) -> Engine:
+    torch.manual_seed(seed)
+    config = GPTConfig(n_positions=WINDOW * 129, n_layer=1, n_head=2, n_embd=16, n_inner=32)
+    save_pretrained(GPT(config), directory)
+    return Engine.from_pretrained(directory, backend="torch", max_batch=4, compile=compile)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return tiny_engine(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def other_engine(tmp_path_factory):
+    return tiny_engine(tmp_path_factory.mktemp("other"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def sample(engine):
+    tokens = np.random.default_rng(0).integers(0, 1024, size=(2, 8, 16)).astype(np.int16)
+    return tokens, compress.encode(tokens, engine=engine)
+
+
+@st.composite
+def token_arrays(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = (draw(st.integers(0, 4)), *draw(st.sampled_from([(128,), (8, 16)])))
+    high = min(1023, np.iinfo(dtype).max)
+    tokens = draw(arrays(dtype, shape, elements=st.integers(0, high)))
+    return np.asfortranarray(tokens) if draw(st.booleans()) else tokens
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=token_arrays(), stride=st.integers(1, WINDOW), lanes=st.integers(1, 3))
+def test_round_trip_restores_the_exact_array(engine, tokens, stride, lanes):
+    data = compress.encode(tokens, engine=engine, stride=stride, lanes=lanes)
+    restored = compress.decode(data, engine=engine)
+    assert restored.dtype == tokens.dtype and restored.shape == tokens.shape
+    assert np.isfortran(restored) == np.isfortran(tokens)
+    assert restored.tobytes(order="A") == tokens.tobytes(order="A")
+
+
+def test_a_segment_codes_identically_whatever_it_is_batched_with(engine):
+    rng = np.random.default_rng(1)
+    segments = [rng.integers(0, 1024, size=(t, 128)) for t in (3, 1, 2)]
+    params = CodecParams(window=WINDOW, stride=1, lanes=2, batch=4)
+    together = [e.data for e in compress.encode_many(segments, engine, params)]
+    alone = [compress.encode_many([s], engine, params)[0].data for s in segments]
+    assert together == alone
+    for segment, restored in zip(segments, compress.decode_many(together[::-1], engine)[::-1]):
+        assert (restored == segment).all()
+
+
+def test_header_holds_the_determinism_contract(engine, sample):
+    header = compress.read_header(sample[1])
+    assert header.fingerprint == engine.fingerprint and header.numerics == engine.numerics
+    assert (header.window, header.stride, header.lanes, header.batch) == (WINDOW, 1, 1, 1)  # one lane: one row
+    assert header.shape == (2, 8, 16) and header.dtype == "<i2"
+
+
+def test_a_different_model_is_a_model_mismatch(other_engine, sample):
+    with pytest.raises(ModelMismatchError, match="model mismatch"):
+        compress.decode(sample[1], engine=other_engine)
+
+
+def test_different_numerics_are_a_model_mismatch(tmp_path, sample):
+    compiled = tiny_engine(tmp_path, seed=0, compile=True)  # same weights, other numerics
+    with pytest.raises(ModelMismatchError, match="numerics mismatch.*compiled"):
+        compress.decode(sample[1], engine=compiled)
+
+
+def test_tampered_numerics_in_the_file_are_a_model_mismatch(engine, sample):
+    header, payload = unpack(sample[1])
+    tampered = dataclasses.replace(header, numerics={**header.numerics, "dtype": "bfloat16"})
+    with pytest.raises(ModelMismatchError, match="numerics mismatch.*dtype"):
+        compress.decode(pack(tampered, bytes(payload)), engine=engine)
+
+
+class SpoofedEngine:
+    """Another model's logits behind this model's identity: what a numerics bug looks like."""
+
+    def __init__(self, real: Engine, claimed: Engine) -> None:
+        self._real, self.fingerprint, self.numerics = real, claimed.fingerprint, claimed.numerics
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_intact_payload_with_wrong_logits_is_a_mismatch_not_corruption(engine, other_engine, sample):
+    with pytest.raises(ModelMismatchError, match="differ from the encoder"):
+        compress.decode(sample[1], engine=SpoofedEngine(other_engine, engine))
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [np.zeros((2, 127), np.int16), np.zeros((2, 8, 8), np.int16), np.zeros((1, 128), np.float32),
+     np.full((1, 128), 1024), np.full((1, 128), -1), np.zeros((1, 128), bool), np.int16(3), [[0] * 128]],
+)
+def test_invalid_token_arrays_are_refused(engine, tokens):
+    with pytest.raises(CompressError):
+        compress.encode(tokens, engine=engine)
+
+
+@pytest.mark.parametrize("options", [dict(window=WINDOW + 1), dict(window=0), dict(stride=WINDOW + 1), dict(lanes=0)])
+def test_invalid_parameters_are_refused(engine, options):
+    with pytest.raises(CompressError):
+        compress.encode(np.zeros((1, 128), np.int16), engine=engine, **options)
+
+
+def assert_fails_fast(data: bytes, engine, error=CompressError) -> None:
+    start = time.perf_counter()
+    with pytest.raises(error):
+        compress.decode(data, engine=engine)
+    assert time.perf_counter() - start < 0.5
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400) | st.binary(max_size=200).map(lambda b: b"\xfeCVQ\x01\x00" + b))
+def test_random_bytes_raise_only_compress_errors(engine, data):
+    assert_fails_fast(data, engine)
+
+
+def test_every_truncation_is_corrupt(engine, sample):
+    data = sample[1]
+    for cut in range(len(data)):
+        assert_fails_fast(data[:cut], engine, CorruptFileError)
+    assert_fails_fast(data + b"\0", engine, CorruptFileError)
+
+
+def test_every_bit_flip_is_corrupt(engine, sample):
+    data = bytearray(sample[1])
+    for bit in range(8 * len(data)):
+        data[bit // 8] ^= 1 << (bit % 8)
+        assert_fails_fast(bytes(data), engine, CorruptFileError)
+        data[bit // 8] ^= 1 << (bit % 8)
+
+
+def with_prefix(data: bytes, version: int, flags: int) -> bytes:
+    """The file with another version/flags byte and a header CRC that matches them."""
+    _, _, _, body_length = PREFIX.unpack_from(data)
+    end = PREFIX.size + body_length
+    head = data[:4] + bytes([version, flags]) + data[6:end]
+    return head + struct.pack("<I", zlib.crc32(head)) + data[end + 4 :]
+
+
+@pytest.mark.parametrize("version, flags", [(2, 0), (1, 1), (1, 0x80)])
+def test_newer_versions_and_reserved_flags_are_unsupported(engine, sample, version, flags):
+    with pytest.raises(UnsupportedFormatError):
+        compress.decode(with_prefix(sample[1], version, flags), engine=engine)
+
+
+def test_a_checksummed_header_claiming_huge_arrays_fails_fast(engine, sample):
+    header, payload = unpack(sample[1])
+    forged = dataclasses.replace(header, shape=(2**32 - 1, 8, 16), lanes=1)
+    assert_fails_fast(pack(forged, bytes(payload)), engine, CompressError)
