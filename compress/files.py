@@ -4,11 +4,12 @@ from __future__ import annotations
 import io
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from models.atomic import atomic_write
 
 from .errors import CompressError
 
@@ -117,17 +118,7 @@ class Writer:
         if not path.parent.exists():
             path.parent.mkdir()
             self.created.insert(0, path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data)
         if not existed:
             self.created.append(path)
 
@@ -137,9 +128,3 @@ class Writer:
                 path.rmdir()
             else:
                 path.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
+from .atomic import atomic_write
 from .config import GPTConfig
 from .errors import CheckpointError
 from .gpt import GPT
@@ -153,27 +154,14 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(model: GPT, path: str | os.PathLike) -> Path:
     """Write `config.json` and `model.safetensors` that both `load_pretrained` and
     `transformers.GPT2LMHeadModel.from_pretrained` read."""
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     state = hf_state_dict(model)
-    _atomic_write(directory / SAFETENSORS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    config_text = json.dumps(model.config.to_hf_dict(), indent=2) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config_text))
+    atomic_write(directory / SAFETENSORS_NAME, save_safetensors(state, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, (json.dumps(model.config.to_hf_dict(), indent=2) + "\n").encode())
     return directory
 
 
@@ -197,7 +185,7 @@ def convert_bin_to_safetensors(path: str | os.PathLike, *, overwrite: bool = Fal
         if ptr in seen:
             state[name] = state[name].clone()
         seen[ptr] = name
-    _atomic_write(target, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(target, save_safetensors(state, metadata={"format": "pt"}))
     return target
 
 
