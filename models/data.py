@@ -1,0 +1,100 @@
+"""Read commaVQ token segments from `.npy` files, directories, and webdataset shards.
+
+A segment is a driving clip encoded as `frame_tokens` (128) commaVQ tokens per frame,
+stored either as `(T, 8, 16)` or `(T, 128)` integers in 0..1023. `load_segments` returns
+every segment as `(key, tokens)` with `tokens` a `(T, 128)` int64 array, so the trainer
+and the compressor (`--dataset`) read data the same way.
+
+Accepted paths:
+- `name.npy`: one segment, keyed by the file name without `.npy`;
+- a directory: its `.npy` files and `.tar.gz` shards, sorted by name (not recursive);
+- `data-XXXX.tar.gz`: a commaVQ webdataset shard with members `<key>.token.npy`,
+  `<key>.pose.npy` and `<key>.json`, read offline through Hugging Face `datasets`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+FRAME_TOKENS = 128
+FRAME_GRID = (8, 16)
+TOKEN_VALUES = 1024  # ids 0..1023; the model's BOS (1024) never appears in data
+SHARD_SUFFIX = ".tar.gz"
+
+
+class DataError(ValueError):
+    """A data file that is not a valid token segment; the message names the file."""
+
+
+def as_frame_tokens(array: np.ndarray, source: str) -> np.ndarray:
+    """Check `array` is a segment of token ids and return it as `(T, 128)` int64."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[1:] == FRAME_GRID:
+        array = array.reshape(array.shape[0], FRAME_TOKENS)
+    if array.ndim != 2 or array.shape[1] != FRAME_TOKENS or array.shape[0] == 0:
+        raise DataError(
+            f"{source}: expected tokens shaped (T, 8, 16) or (T, 128) with T > 0, got {array.shape}"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{source}: expected integer token ids, got dtype {array.dtype}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= TOKEN_VALUES:
+        raise DataError(f"{source}: token ids must lie in 0..{TOKEN_VALUES - 1}, found {low}..{high}")
+    return array.astype(np.int64)
+
+
+def _load_npy(path: Path) -> tuple[str, np.ndarray]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read .npy file: {exc}") from exc
+    return path.name[: -len(".npy")], as_frame_tokens(array, str(path))
+
+
+def _load_shards(paths: list[Path]) -> list[tuple[str, np.ndarray]]:
+    """Read webdataset shards offline; `datasets` names columns after the member name's
+    text from its FIRST dot, so `<key>.token.npy` becomes column `token.npy`."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from datasets import load_dataset  # slow import, only needed for shards
+
+    names = ", ".join(str(p) for p in paths)
+    try:
+        rows = load_dataset("webdataset", data_files={"train": [str(p) for p in paths]}, split="train")
+    except Exception as exc:  # datasets raises many types for unreadable archives
+        raise DataError(f"cannot read webdataset shard(s) {names}: {exc}") from exc
+    if "token.npy" not in rows.column_names:
+        raise DataError(f"{names}: no '<key>.token.npy' members (columns: {rows.column_names})")
+    segments = []
+    for row in rows.with_format("numpy"):
+        metadata = row.get("json")
+        key = metadata["file_name"] if isinstance(metadata, dict) and "file_name" in metadata else None
+        key = str(key if key is not None else row["__key__"])
+        segments.append((key, as_frame_tokens(row["token.npy"], f"{names} member {key}.token.npy")))
+    return segments
+
+
+def load_segments(paths: Iterable[str | os.PathLike]) -> list[tuple[str, np.ndarray]]:
+    """Every segment under `paths` as `(key, (T, 128) int64 tokens)`, in the given order
+    (directories expanded in sorted order). Raises `DataError` naming the bad file."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.name.endswith((".npy", SHARD_SUFFIX))))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or directory")
+    segments: list[tuple[str, np.ndarray]] = []
+    for path in files:
+        if path.name.endswith(".npy"):
+            segments.append(_load_npy(path))
+        elif path.name.endswith(SHARD_SUFFIX):
+            segments.extend(_load_shards([path]))
+        else:
+            raise DataError(f"{path}: unsupported file type (expected .npy or {SHARD_SUFFIX})")
+    if not segments:
+        raise DataError(f"no .npy files or {SHARD_SUFFIX} shards found in {[str(p) for p in files] or 'the given paths'}")
+    return segments
