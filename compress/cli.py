@@ -102,7 +102,7 @@ def run_encode(args: argparse.Namespace, writer: Writer) -> None:
         if STDIO in args.inputs:
             raise CompressError("--dataset reads shard files, not stdin")
         try:
-            segments = load_segments(args.inputs)
+            segments = load_segments(args.inputs, as_stored=True)
         except DataError as exc:
             raise CompressError(str(exc)) from exc
         jobs = [Job(key, str(Path(args.output) / f"{key}.npy.cvq")) for key, _ in segments]

@@ -46,15 +46,20 @@ def as_frame_tokens(array: np.ndarray, source: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _load_npy(path: Path) -> tuple[str, np.ndarray]:
+def _checked(array: np.ndarray, source: str, as_stored: bool) -> np.ndarray:
+    tokens = as_frame_tokens(array, source)
+    return np.asarray(array) if as_stored else tokens
+
+
+def _load_npy(path: Path, as_stored: bool) -> tuple[str, np.ndarray]:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read .npy file: {exc}") from exc
-    return path.name[: -len(".npy")], as_frame_tokens(array, str(path))
+    return path.name[: -len(".npy")], _checked(array, str(path), as_stored)
 
 
-def _load_shards(paths: list[Path]) -> list[tuple[str, np.ndarray]]:
+def _load_shards(paths: list[Path], as_stored: bool) -> list[tuple[str, np.ndarray]]:
     """Read webdataset shards offline; `datasets` names columns after the member name's
     text from its FIRST dot, so `<key>.token.npy` becomes column `token.npy`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,13 +77,18 @@ def _load_shards(paths: list[Path]) -> list[tuple[str, np.ndarray]]:
         metadata = row.get("json")
         key = metadata["file_name"] if isinstance(metadata, dict) and "file_name" in metadata else None
         key = str(key if key is not None else row["__key__"])
-        segments.append((key, as_frame_tokens(row["token.npy"], f"{names} member {key}.token.npy")))
+        tokens = _checked(row["token.npy"], f"{names} member {key}.token.npy", as_stored)
+        # commaVQ stores tokens as int16; datasets widens them to int64 on the way through
+        # Arrow, so the stored dtype is restored (lossless: checked ids are 0..1023).
+        segments.append((key, tokens.astype(np.int16) if as_stored else tokens))
     return segments
 
 
-def load_segments(paths: Iterable[str | os.PathLike]) -> list[tuple[str, np.ndarray]]:
+def load_segments(paths: Iterable[str | os.PathLike], *, as_stored: bool = False) -> list[tuple[str, np.ndarray]]:
     """Every segment under `paths` as `(key, (T, 128) int64 tokens)`, in the given order
-    (directories expanded in sorted order). Raises `DataError` naming the bad file."""
+    (directories expanded in sorted order); with `as_stored`, checked the same way but in
+    the shape and dtype they were stored with (the compressor restores exactly those).
+    Raises `DataError` naming the bad file."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -90,9 +100,9 @@ def load_segments(paths: Iterable[str | os.PathLike]) -> list[tuple[str, np.ndar
     segments: list[tuple[str, np.ndarray]] = []
     for path in files:
         if path.name.endswith(".npy"):
-            segments.append(_load_npy(path))
+            segments.append(_load_npy(path, as_stored))
         elif path.name.endswith(SHARD_SUFFIX):
-            segments.extend(_load_shards([path]))
+            segments.extend(_load_shards([path], as_stored))
         else:
             raise DataError(f"{path}: unsupported file type (expected .npy or {SHARD_SUFFIX})")
     if not segments:

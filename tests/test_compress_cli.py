@@ -128,7 +128,9 @@ def test_dataset_shard_gives_one_file_per_segment_key(tmp_path, engine_args, dec
         for key, tokens in segments.items():
             buffer = io.BytesIO()
             np.save(buffer, tokens)
-            for member, data in ((f"{key}.token.npy", buffer.getvalue()),
+            pose = io.BytesIO()
+            np.save(pose, np.zeros((len(tokens), 6), np.float32))
+            for member, data in ((f"{key}.token.npy", buffer.getvalue()), (f"{key}.pose.npy", pose.getvalue()),
                                  (f"{key}.json", json.dumps({"file_name": key}).encode())):
                 info = tarfile.TarInfo(member)
                 info.size = len(data)
@@ -138,4 +140,5 @@ def test_dataset_shard_gives_one_file_per_segment_key(tmp_path, engine_args, dec
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{key}.npy.cvq" for key in segments)
     assert main(["decode", str(out), str(tmp_path / "restored"), *decode_args]) == 0
     for key, tokens in segments.items():
-        assert (np.load(tmp_path / "restored" / f"{key}.npy").reshape(tokens.shape) == tokens).all()
+        restored = np.load(tmp_path / "restored" / f"{key}.npy")  # the array as stored in the shard
+        assert restored.dtype == tokens.dtype and restored.shape == tokens.shape and (restored == tokens).all()
