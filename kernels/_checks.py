@@ -68,3 +68,37 @@ def dot_precision(dtype: torch.dtype) -> str:
     For 16-bit inputs the setting is ignored: the tensor cores take them as they are.
     """
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def check_paged_attention(
+    query: torch.Tensor,
+    query_layout: str,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    **per_sequence: torch.Tensor,
+) -> None:
+    """The checks both paged attention launchers share: `query` ([B, ..., H, D]) against a
+    `[num_blocks, block_size, H, D]` cache, and `block_tables` plus every `per_sequence`
+    tensor (context or prefix/query lengths) as int32 with one row per sequence."""
+    check_rank("query", query, query_layout.count(",") + 1, query_layout)
+    check_rank("key_cache", key_cache, 4, "[num_blocks, block_size, H, D]")
+    check_rank("value_cache", value_cache, 4, "[num_blocks, block_size, H, D]")
+    check_rank("block_tables", block_tables, 2, "[B, max_blocks]")
+    for name, tensor in per_sequence.items():
+        check_rank(name, tensor, 1, "[B]")
+    if value_cache.shape != key_cache.shape:
+        raise ValueError(
+            f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape {tuple(key_cache.shape)}"
+        )
+    heads_dim = query.dim() - 2
+    check_dim("key_cache", key_cache, 2, query.shape[heads_dim], f"query.shape[{heads_dim}], the number of heads")
+    check_dim("key_cache", key_cache, 3, query.shape[-1], f"query.shape[{heads_dim + 1}], the head dim")
+    for name, tensor in {"block_tables": block_tables, **per_sequence}.items():
+        check_dim(name, tensor, 0, query.shape[0], "query.shape[0], the batch size")
+        check_dtype(name, tensor, (torch.int32,))
+    check_dtype("query", query, FLOAT_DTYPES)
+    check_same_dtype("query", query, key_cache=key_cache, value_cache=value_cache)
+    tensors = {"key_cache": key_cache, "value_cache": value_cache, "block_tables": block_tables, **per_sequence}
+    check_same_device("query", query, **tensors)
+    check_contiguous(query=query, **tensors)

@@ -22,15 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import (
-    FLOAT_DTYPES,
-    check_contiguous,
-    check_dim,
-    check_dtype,
-    check_rank,
-    check_same_device,
-    check_same_dtype,
-)
+from kernels._checks import check_paged_attention
 
 LOG2_E = 1.4426950408889634
 # Tokens scored per loop iteration inside a split; capped so a K/V tile stays in registers.
@@ -159,33 +151,11 @@ def paged_decode_attention(
     split_size: int = 256,
 ) -> torch.Tensor:
     """Attention of each sequence's newest query over its cached context. Returns [B, H, D]."""
-    check_rank("query", query, 3, "[B, H, D]")
-    check_rank("key_cache", key_cache, 4, "[num_blocks, block_size, H, D]")
-    check_rank("value_cache", value_cache, 4, "[num_blocks, block_size, H, D]")
-    check_rank("block_tables", block_tables, 2, "[B, max_blocks]")
-    check_rank("context_lens", context_lens, 1, "[B]")
-    if value_cache.shape != key_cache.shape:
-        raise ValueError(
-            f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape {tuple(key_cache.shape)}"
-        )
+    check_paged_attention(
+        query, "[B, H, D]", key_cache, value_cache, block_tables, context_lens=context_lens
+    )
     batch, num_heads, head_dim = query.shape
     block_size = key_cache.shape[1]
-    check_dim("key_cache", key_cache, 2, num_heads, "query.shape[1], the number of heads")
-    check_dim("key_cache", key_cache, 3, head_dim, "query.shape[2], the head dim")
-    check_dim("block_tables", block_tables, 0, batch, "query.shape[0], the batch size")
-    check_dim("context_lens", context_lens, 0, batch, "query.shape[0], the batch size")
-    check_dtype("query", query, FLOAT_DTYPES)
-    check_same_dtype("query", query, key_cache=key_cache, value_cache=value_cache)
-    check_dtype("block_tables", block_tables, (torch.int32,))
-    check_dtype("context_lens", context_lens, (torch.int32,))
-    check_same_device(
-        "query", query, key_cache=key_cache, value_cache=value_cache,
-        block_tables=block_tables, context_lens=context_lens,
-    )
-    check_contiguous(
-        query=query, key_cache=key_cache, value_cache=value_cache,
-        block_tables=block_tables, context_lens=context_lens,
-    )
     if split_size <= 0 or split_size % block_size:
         raise ValueError(f"split_size ({split_size}) must be a positive multiple of the block size ({block_size})")
 

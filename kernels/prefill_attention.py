@@ -19,16 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import (
-    FLOAT_DTYPES,
-    check_contiguous,
-    check_dim,
-    check_dtype,
-    check_rank,
-    check_same_device,
-    check_same_dtype,
-    dot_precision,
-)
+from kernels._checks import check_paged_attention, dot_precision
 
 LOG2_E = 1.4426950408889634
 BLOCK_Q = 64
@@ -138,32 +129,10 @@ def paged_prefill_attention(
     scale: float,
 ) -> torch.Tensor:
     """Causal attention of a chunk of queries over the paged cache. Returns [B, C, H, D]."""
-    check_rank("query", query, 4, "[B, C, H, D]")
-    check_rank("key_cache", key_cache, 4, "[num_blocks, block_size, H, D]")
-    check_rank("value_cache", value_cache, 4, "[num_blocks, block_size, H, D]")
-    check_rank("block_tables", block_tables, 2, "[B, max_blocks]")
-    check_rank("prefix_lens", prefix_lens, 1, "[B]")
-    check_rank("query_lens", query_lens, 1, "[B]")
-    if value_cache.shape != key_cache.shape:
-        raise ValueError(
-            f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape {tuple(key_cache.shape)}"
-        )
+    check_paged_attention(
+        query, "[B, C, H, D]", key_cache, value_cache, block_tables, prefix_lens=prefix_lens, query_lens=query_lens
+    )
     batch, chunk_len, num_heads, head_dim = query.shape
-    check_dim("key_cache", key_cache, 2, num_heads, "query.shape[2], the number of heads")
-    check_dim("key_cache", key_cache, 3, head_dim, "query.shape[3], the head dim")
-    for name, tensor in (("block_tables", block_tables), ("prefix_lens", prefix_lens), ("query_lens", query_lens)):
-        check_dim(name, tensor, 0, batch, "query.shape[0], the batch size")
-        check_dtype(name, tensor, (torch.int32,))
-    check_dtype("query", query, FLOAT_DTYPES)
-    check_same_dtype("query", query, key_cache=key_cache, value_cache=value_cache)
-    check_same_device(
-        "query", query, key_cache=key_cache, value_cache=value_cache,
-        block_tables=block_tables, prefix_lens=prefix_lens, query_lens=query_lens,
-    )
-    check_contiguous(
-        query=query, key_cache=key_cache, value_cache=value_cache,
-        block_tables=block_tables, prefix_lens=prefix_lens, query_lens=query_lens,
-    )
 
     output = torch.empty_like(query)
     if query.numel() == 0:
