@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import lzma
+import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from compress import CodecParams, decode_many, encode_many, read_header  # noqa: E402
+from compress import CodecParams, decode_many, encode_many, fitted_batch, read_header  # noqa: E402
 from engine import Engine  # noqa: E402
 
 
@@ -46,17 +48,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: on CUDA only, as the CLI")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the CLI)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
 
     engine = Engine.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                    max_batch=args.batch, compile=args.compile)
-    params = CodecParams(args.window or engine.config.frames_per_window, args.stride, args.lanes, args.batch)
-    print(f"model {engine.fingerprint[:16]}, {params}, numerics {engine.numerics}")
+                                    max_batch=args.batch,
+                                    compile=cuda if args.compile is None else args.compile)
+    window = args.window or engine.config.frames_per_window
+    hardware = torch.cuda.get_device_name() if engine.device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    print(f"model {engine.fingerprint[:16]}, window {window}, stride {args.stride}, lanes {args.lanes}, numerics {engine.numerics}, {hardware}, torch {torch.__version__}")
     print("segment                                   frames   rate   lzma   zstd  bits/tok  overhead  "
           "header  enc tok/s  dec tok/s")
     for path in args.paths:
         tokens = np.load(path)[: args.frames]
+        params = CodecParams(window, args.stride, args.lanes, fitted_batch(engine, [tokens], args.lanes))  # as the CLI
         count = tokens.shape[0] * 128
         encode_many([tokens[: params.window]], engine, params)  # warm up (compiles) off the clock
         start = time.perf_counter()

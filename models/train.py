@@ -2,10 +2,12 @@
 
 The compressor codes frame t token by token given the previous `frames - 1` frames, so
 training samples windows of `frames` consecutive frames and (by default) counts the loss
-only on each window's last frame: exactly the quantity the compressor pays for. The last
-`val_fraction` of every segment's frames are held out as validation targets (their
-context frames may come from the training part) and the checkpoint with the lowest
-validation bits/token is the one kept in `--out`.
+only on each window's last frame: exactly the quantity the compressor pays for. The
+checkpoint with the lowest validation bits/token is the one kept in `--out`. Validation is
+`--val-data` (other drives: frames 1.. of each segment, the training segments are then used
+in full) or else the last `val_fraction` of every training segment's frames (their context
+frames may come from the training part; the end of the same drive ranks models less like
+new drives do).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class TrainConfig:
     # previous frame" a near-identity map the model can find early, for every id alike.
     tie_embeddings: bool = True
     seed: int = 0
-    val_fraction: float = 0.15
+    val_fraction: float = 0.15  # ignored when validation segments are given (`--val-data`)
     eval_every: int = 100
     threads: int = 1
 
@@ -159,11 +161,22 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(segments: list[np.ndarray], config: TrainConfig, out: str) -> float:
-    """Train, keep the best-by-validation checkpoint in `out`, return its bits/token."""
+def train(
+    segments: list[np.ndarray], config: TrainConfig, out: str, val_segments: list[np.ndarray] | None = None
+) -> float:
+    """Train, keep the best-by-validation checkpoint in `out`, return its bits/token.
+
+    With `val_segments`, validation codes their frames 1.. and `segments` are all training
+    data; otherwise the last `config.val_fraction` of each segment is held out."""
     torch.set_num_threads(config.threads)
     model = new_model(config)
-    train_parts, val = split_segments(segments, config.val_fraction, config.frames)
+    if val_segments is None:
+        train_parts, val = split_segments(segments, config.val_fraction, config.frames)
+    else:
+        train_parts = [tokens for tokens in segments if len(tokens) >= config.frames]
+        val = [(tokens, 1) for tokens in val_segments if len(tokens) > 1]
+        if not train_parts:
+            raise ValueError(f"no training segment has {config.frames} frames; lower --frames")
     # Every (segment, start) pair of a whole training window, drawn with a seeded generator.
     starts = [(i, s) for i, part in enumerate(train_parts) for s in range(len(part) - config.frames + 1)]
     sampler = torch.Generator().manual_seed(config.seed)
@@ -204,6 +217,10 @@ def train(segments: list[np.ndarray], config: TrainConfig, out: str) -> float:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", nargs="+", help=".npy segments, directories of them, or webdataset .tar.gz shards")
     parser.add_argument("--out", required=True, help="checkpoint directory to write (best by validation)")
+    parser.add_argument(
+        "--val-data", nargs="+", metavar="PATH",
+        help="validation-only segments (other drives); training data is then used in full and --val-fraction ignored",
+    )
     defaults = TrainConfig()
     for field in fields(TrainConfig):
         flag, default = "--" + field.name.replace("_", "-"), getattr(defaults, field.name)
@@ -216,8 +233,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def run_training(args: argparse.Namespace) -> None:
     config = TrainConfig(**{field.name: getattr(args, field.name) for field in fields(TrainConfig)})
     segments = [tokens for _, tokens in load_segments(args.data)]
+    val_segments = [tokens for _, tokens in load_segments(args.val_data)] if args.val_data else None
     print(f"training {asdict(config)} on {len(segments)} segments, {sum(map(len, segments))} frames")
+    if val_segments is not None:
+        print(f"validating on {len(val_segments)} separate segments, {sum(map(len, val_segments))} frames")
     started = time.monotonic()
-    best = train(segments, config, args.out)
+    best = train(segments, config, args.out, val_segments)
     minutes = (time.monotonic() - started) / 60
     print(f"best validation {best:.4f} bits/token; wrote {args.out} in {minutes:.1f} min")

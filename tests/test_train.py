@@ -12,7 +12,7 @@ import torch
 
 from models import load_pretrained
 from models.data import DataError, load_segments
-from models.train import TrainConfig, permute_ids, train
+from models.train import TrainConfig, permute_ids, segment_bits, train
 
 
 def _add_member(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -72,15 +72,18 @@ def test_load_segments_rejects_bad_tokens_naming_the_file(tmp_path: Path, array:
     assert "bad.npy" in str(error.value)
 
 
-def test_training_is_reproducible_and_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
+def _drive(rng: np.random.Generator, length: int) -> np.ndarray:
+    """Frames that mostly repeat the previous one, like driving video."""
     previous = rng.integers(0, 1024, size=128)
-    # Frames that mostly repeat the previous one, like driving video.
     frames = []
-    for _ in range(20):
+    for _ in range(length):
         previous = np.where(rng.random(128) < 0.2, rng.integers(0, 1024, size=128), previous)
         frames.append(previous)
-    segments = [np.stack(frames)]
+    return np.stack(frames)
+
+
+def test_training_is_reproducible_and_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    segments = [_drive(np.random.default_rng(1), 20)]
     config = TrainConfig(
         layers=1, width=32, heads=2, frames=2, steps=6, batch_size=4, eval_every=3, warmup_steps=2,
         permute_fraction=0.5, tie_embeddings=True,
@@ -108,3 +111,19 @@ def test_permute_ids_relabels_whole_windows_consistently() -> None:
         pairs = set(zip(before.ravel().tolist(), after.ravel().tolist()))
         assert len(pairs) == len({b for b, _ in pairs}) == len({a for _, a in pairs})
     np.testing.assert_array_equal(permute_ids(frames, 0.0, torch.Generator()), frames)
+
+
+def test_separate_validation_segments_select_the_checkpoint(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    # Training windows may end at the last frame (all of it is training data), validation
+    # codes frames 1.. of the other drives; --val-fraction would leave no training window.
+    segments, others = [_drive(rng, 3)], [_drive(rng, 4), _drive(rng, 2)]
+    config = TrainConfig(layers=1, width=32, heads=2, frames=2, steps=4, batch_size=4, eval_every=2,
+                         warmup_steps=1, val_fraction=0.9)
+
+    best = train(segments, config, str(tmp_path / "model"), val_segments=others)
+
+    model = load_pretrained(tmp_path / "model")
+    results = [segment_bits(model, tokens, 1) for tokens in others]
+    assert sum(count for _, count in results) == (3 + 1) * 128
+    assert best == pytest.approx(sum(bits for bits, _ in results) / (4 * 128), rel=1e-5)
