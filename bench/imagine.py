@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from engine import Engine  # noqa: E402
+from engine.engine import fast_dtype  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -64,7 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=24, help="gpt2m has 24; cut it for CPU runs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="engine dtype (default: the engine's, bfloat16 where computed natively)")
+    parser.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="transformers' dtype (default: its own, float32, on the CPU; the engine's on CUDA)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--frames", type=int, default=3, help="frames timed per measurement")
     parser.add_argument("--batch", type=int, default=8, help="the larger batch for frames/s")
@@ -74,7 +78,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = getattr(torch, args.dtype) if args.dtype else fast_dtype(device, args.backend)
+    hf_dtype = getattr(torch, args.hf_dtype) if args.hf_dtype else (dtype if device.type == "cuda" else torch.float32)
 
     config = models.GPTConfig(n_layer=args.layers)
     torch.manual_seed(0)
@@ -90,7 +95,7 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as directory:
             models.save_pretrained(model, directory)
-            hf = transformers.GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(device).eval()
+            hf = transformers.GPT2LMHeadModel.from_pretrained(directory, dtype=hf_dtype).to(device).eval()
 
     start = time.perf_counter()
     engine = Engine(model, device=device, dtype=dtype, backend=args.backend, max_batch=args.batch)
@@ -105,7 +110,7 @@ def main() -> None:
     per_frame = time_engine(engine, drives[:1], args.frames)
     per_frame_batch = time_engine(engine, drives, args.frames)
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-    kv_bytes = 2 * config.n_layer * config.n_positions * config.n_embd * torch.finfo(dtype).bits // 8
+    kv_bytes = 2 * config.n_layer * config.n_positions * config.n_embd * engine.cache.keys[0].element_size()
     gigabytes = config.frame_tokens * (weight_bytes + kv_bytes) / 1e9  # upper bound of bytes read per frame
     print(f"engine       batch 1: {per_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / per_frame:8.1f} tokens/s"
           f"  ~{gigabytes / per_frame:.1f} GB/s")
@@ -116,7 +121,7 @@ def main() -> None:
             time_transformers(hf, drives[:1], config, device)  # warm-up
             hf_frame = min(time_transformers(hf, drives[:1], config, device) for _ in range(args.frames))
             hf_batch = time_transformers(hf, drives, config, device)
-        print(f"transformers batch 1: {hf_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / hf_frame:8.1f} tokens/s")
+        print(f"transformers ({str(hf_dtype).removeprefix('torch.')}) batch 1: {hf_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / hf_frame:8.1f} tokens/s")
         print(f"transformers batch {args.batch}: {args.batch / hf_batch:9.2f} frames/s")
         print(f"speed-up vs transformers: {hf_frame / per_frame:.2f}x per frame at batch 1, "
               f"{hf_batch / per_frame_batch:.2f}x at batch {args.batch}")

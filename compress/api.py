@@ -33,6 +33,12 @@ def default_engine(max_batch: int = DEFAULT_MAX_BATCH, model: str | os.PathLike 
     return _cached_engine(None if model is None else str(model), max_batch, None)
 
 
+def coding_dtype(cuda: bool) -> torch.dtype | None:
+    """float32 on the CPU: sharper probabilities, and the small default model is bound by
+    per-step overhead, not by bandwidth. On CUDA, the engine's choice (bfloat16)."""
+    return None if cuda else torch.float32
+
+
 def engine_for(header: Header, model: str | os.PathLike | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> Engine:
     """An engine whose numerics are the file's: backend, dtype, device kind, compilation,
     prefill chunk and, on the CPU, torch's thread count, which is process-wide: this sets it."""
@@ -64,7 +70,7 @@ def _cached_engine(model: str | None, max_batch: int, options: tuple | None) -> 
     """Engines are loaded once per process (and settings)."""
     if options is None:
         cuda = torch.cuda.is_available()
-        return Engine.from_pretrained(model, max_batch=max_batch, compile=cuda)
+        return Engine.from_pretrained(model, max_batch=max_batch, dtype=coding_dtype(cuda), compile=cuda)
     return Engine.from_pretrained(model, max_batch=max_batch, **dict(options))
 
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from engine import Engine, EngineError
 from models import CheckpointError
 
-from .api import DEFAULT_MAX_BATCH, decode_many, encode_many, engine_for, fitted_batch, read_header
+from .api import DEFAULT_MAX_BATCH, coding_dtype, decode_many, encode_many, engine_for, fitted_batch, read_header
 from .codec import CodecParams
 from .errors import CompressError
 from .files import STDIO, Job, Writer, check_targets, load_npy, npy_bytes, plan, read_bytes
@@ -68,12 +68,10 @@ def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:
     if args.threads < 1:
         raise CompressError(f"threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    compile = args.compile
-    if compile is None:
-        compile = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     try:
         return Engine.from_pretrained(args.model, device=args.device, backend=args.backend, max_batch=max_batch,
-                                      compile=compile)
+                                      dtype=coding_dtype(cuda), compile=cuda if args.compile is None else args.compile)
     except RuntimeError as exc:  # torch's error for a bad or unavailable device
         raise CompressError(f"cannot load the model: {exc}") from exc
 

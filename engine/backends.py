@@ -60,11 +60,22 @@ class TorchOps:
         # Padding rows write to the scratch slot rather than being skipped: a static shape.
         slots = torch.where(meta.slots < 0, self.cache.shape.scratch_slot, meta.slots)
         index = (slots // self.cache.shape.block_size, slots % self.cache.shape.block_size)
-        self.cache.keys[layer].index_put_(index, keys)
-        self.cache.values[layer].index_put_(index, values)
+        cache_dtype = self.cache.keys[layer].dtype
+        self.cache.keys[layer].index_put_(index, keys.to(cache_dtype))
+        self.cache.values[layer].index_put_(index, values.to(cache_dtype))
 
-    def attention(self, layer: int, query: torch.Tensor, meta: ChunkMetadata) -> torch.Tensor:
-        """query [B, C, H, D] -> [B, C, H, D]; query i attends to positions <= prefix + i."""
+    def attention(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, meta: ChunkMetadata, fresh: bool
+    ) -> torch.Tensor:
+        """query, key, value [B, C, H, D] (the chunk's own) -> [B, C, H, D]; query i attends
+        to positions <= prefix + i."""
+        dtype = query.dtype
+        query, key, value = (t.to(self.cache.keys[layer].dtype) for t in (query, key, value))
+        if fresh:  # nothing cached before the chunk: causal attention within it, no mask
+            out = F.scaled_dot_product_attention(
+                query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), is_causal=True, scale=self.scale
+            )
+            return out.transpose(1, 2).to(dtype)
         keys, values = self.cache.contiguous_view(layer)
         rows, chunk = query.shape[:2]
         keys, values = keys[:rows], values[:rows]
@@ -78,7 +89,7 @@ class TorchOps:
             attn_mask=visible[:, None],
             scale=self.scale,
         )
-        return out.transpose(1, 2)
+        return out.transpose(1, 2).to(dtype)
 
 
 class TritonOps:
@@ -98,7 +109,11 @@ class TritonOps:
             keys.contiguous(), values.contiguous(), self.cache.keys[layer], self.cache.values[layer], meta.slots
         )
 
-    def attention(self, layer: int, query: torch.Tensor, meta: ChunkMetadata) -> torch.Tensor:
+    def attention(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, meta: ChunkMetadata, fresh: bool
+    ) -> torch.Tensor:
+        """Reads keys and values from the paged cache, where `write_kv` has put the chunk's
+        own: the kernels bound each query's keys by `prefix_lens`, so `fresh` needs no path."""
         rows, chunk = query.shape[:2]
         block_tables = self.cache.block_tables[:rows]
         key_cache, value_cache = self.cache.keys[layer], self.cache.values[layer]

@@ -33,13 +33,14 @@ class Engine:
         dtype: torch.dtype | None = None,
         backend: str = "auto",
         max_batch: int = 8,
-        prefill_chunk: int = 1024,
+        prefill_chunk: int = 4096,
         compile: bool | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" else "torch"
+        # A model handed over keeps its own dtype on the CPU (the engine casts in place).
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else next(model.parameters()).dtype)
         if backend not in BACKENDS:
             raise EngineError(f"unknown backend {backend!r}: choose 'auto', 'torch' or 'triton'")
         if backend == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -53,7 +54,10 @@ class Engine:
 
         config = self.config
         shape = CacheShape(config.n_layer, max_batch, config.n_positions, config.n_head, config.head_dim)
-        self.cache = PagedKVCache(shape, dtype=self.dtype, device=self.device)
+        # On the CPU, ATen's attention over a bfloat16 cache is several times slower than over
+        # a float32 one, so the torch backend keeps K/V (and does attention) in float32 there.
+        cache_dtype = torch.float32 if backend == "torch" and self.device.type == "cpu" else self.dtype
+        self.cache = PagedKVCache(shape, dtype=cache_dtype, device=self.device)
         self.runner = ModelRunner(self.model, self.cache, BACKENDS[backend](self.cache, config.head_dim**-0.5))
         self._forward = self.runner.forward
         if self.compile:
@@ -74,8 +78,12 @@ class Engine:
         **options,
     ) -> Engine:
         """`path`: a local checkpoint directory (see `models.load_pretrained`); None is the
-        small default model shipped in the package."""
-        model = load_pretrained(Path(path) if path is not None else DEFAULT_MODEL_DIR)
+        small default model shipped in the package. `dtype` defaults to bfloat16 where the
+        hardware computes in it natively (CUDA; CPUs with AVX512-BF16 or AMX under the torch
+        backend), else float32."""
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or fast_dtype(device, backend)
+        model = load_pretrained(Path(path) if path is not None else DEFAULT_MODEL_DIR, dtype=dtype)
         return cls(model, device=device, dtype=dtype, backend=backend, max_batch=max_batch, **options)
 
     @cached_property
@@ -175,6 +183,18 @@ class Engine:
             new_frame = torch.cat([new_bos, out[:, frame]], dim=1)[:, None]
             history = torch.cat([history[:, 1 - config.frames_per_window :], new_frame], dim=1)
         return out.cpu()
+
+
+def fast_dtype(device: torch.device, backend: str = "auto") -> torch.dtype:
+    """bfloat16 where it is computed natively, else float32."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and backend in ("auto", "torch"):
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+            torch.cpu, "_is_amx_tile_supported", lambda: False
+        )()
+        return torch.bfloat16 if native else torch.float32
+    return torch.float32
 
 
 def _drive_seeds(seed: int | Sequence[int] | None, drives: int) -> torch.Tensor:

@@ -24,9 +24,12 @@ class ModelRunner:
         self.heads, self.head_dim, self.eps = config.n_head, config.head_dim, config.layer_norm_epsilon
 
     @torch.no_grad()
-    def forward(self, tokens: torch.Tensor, start: torch.Tensor, query_lens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, start: torch.Tensor, query_lens: torch.Tensor, fresh: bool = False
+    ) -> torch.Tensor:
         """tokens [B, C] int64, start [B] int32, query_lens [B] int32 -> float32 logits
-        [B, vocab] of each row's last real token (row 0's first token for padding rows)."""
+        [B, vocab] of each row's last real token (row 0's first token for padding rows).
+        `fresh`: every stream starts at position 0, so the chunk attends only to itself."""
         rows, chunk = tokens.shape
         offsets = torch.arange(chunk, device=tokens.device)
         positions = start[:, None].long() + offsets
@@ -43,7 +46,8 @@ class ModelRunner:
             qkv = ops.linear(h, block.attn.c_attn.weight, block.attn.c_attn.bias)
             q, k, v = (t.reshape(rows * chunk, self.heads, self.head_dim) for t in qkv.chunk(3, dim=-1))
             ops.write_kv(layer, k, v, meta)  # before attention: a query sees its own key
-            y = ops.attention(layer, q.view(rows, chunk, self.heads, self.head_dim), meta)
+            shape = (rows, chunk, self.heads, self.head_dim)
+            y = ops.attention(layer, q.view(shape), k.view(shape), v.view(shape), meta, fresh)
             x = ops.linear(y.reshape(rows * chunk, -1), block.attn.c_proj.weight, block.attn.c_proj.bias, residual=x)
             h = ops.layer_norm(x, block.ln_2.weight, block.ln_2.bias, self.eps)
             h = ops.linear(h, block.mlp.c_fc.weight, block.mlp.c_fc.bias, activation="gelu_tanh")

@@ -8,8 +8,8 @@ Imagine and the compressor both drive the model only through this class.
 
 Shapes are static: every call runs `batch_size` rows (rows past the real batch are padding
 that reads and writes nothing real), a decode step is `[batch_size, 1]`, and a prefill is
-cut into chunks whose lengths come from a fixed set of buckets (powers of two up to
-`prefill_chunk`), each padded to its bucket. So torch.compile sees a bounded set of
+cut into chunks of at most `prefill_chunk` tokens whose lengths come from a fixed set of
+buckets (powers of two up to 256, then multiples of 256), each padded to its bucket. So torch.compile sees a bounded set of
 shapes, and on CUDA the decode step is captured once as a CUDA graph and replayed.
 
 Determinism: with the Triton backend a row's logits are bit-identical for any batch size
@@ -27,7 +27,7 @@ from .errors import EngineError
 if TYPE_CHECKING:
     from .engine import Engine
 
-ChunkFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ChunkFn = Callable[..., torch.Tensor]  # ModelRunner.forward, compiled or captured
 
 
 class Streams:
@@ -55,9 +55,8 @@ class Streams:
         for begin in range(0, length, self.engine.prefill_chunk):
             chunk = tokens[:, begin : begin + self.engine.prefill_chunk]
             real = chunk.shape[1]
-            bucket = self._bucket(real)
-            padded = torch.nn.functional.pad(chunk, (0, bucket - real))
-            logits = self._forward(padded, self._start, torch.full_like(self._one, real))
+            padded = torch.nn.functional.pad(chunk, (0, self._bucket(real) - real))
+            logits = self._forward(padded, self._start, torch.full_like(self._one, real), begin == 0)
             self._start += real
         self.length = length
         return logits
@@ -79,6 +78,8 @@ class Streams:
 
     # --- helpers ---------------------------------------------------------------------
     def _bucket(self, length: int) -> int:
+        if length > 256:  # fine steps for long prefills: gpt2m's 2452-token window pads to 2560
+            return min(-(-length // 256) * 256, self.engine.prefill_chunk)
         bucket = 16
         while bucket < length:
             bucket *= 2

@@ -25,7 +25,7 @@ def tiny_engine(directory, seed: int, compile: bool = False) -> Engine:
     torch.manual_seed(seed)
     config = GPTConfig(n_positions=WINDOW * 129, n_layer=1, n_head=2, n_embd=16, n_inner=32)
     save_pretrained(GPT(config), directory)
-    return Engine.from_pretrained(directory, backend="torch", max_batch=4, compile=compile)
+    return Engine.from_pretrained(directory, backend="torch", dtype=torch.float32, max_batch=4, compile=compile)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_different_numerics_are_a_model_mismatch(tmp_path, sample):
 
 def test_tampered_numerics_in_the_file_are_a_model_mismatch(engine, sample):
     header, payload = unpack(sample[1])
-    tampered = dataclasses.replace(header, numerics={**header.numerics, "dtype": "bfloat16"})
+    tampered = dataclasses.replace(header, numerics={**header.numerics, "dtype": "float16"})
     with pytest.raises(ModelMismatchError, match="numerics mismatch.*dtype"):
         compress.decode(pack(tampered, bytes(payload)), engine=engine)
 

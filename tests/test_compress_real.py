@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import compress
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine.from_pretrained(backend="torch", compile=False, max_batch=2)
+    return Engine.from_pretrained(backend="torch", dtype=torch.float32, compile=False, max_batch=2)
 
 
 @pytest.mark.parametrize("name, frames, lanes", [

@@ -206,3 +206,28 @@ def test_compiled_engine_matches_eager_and_does_not_recompile(model: models.GPT)
     graphs = counters["stats"]["unique_graphs"]
     assert np.array_equal(compiled.imagine(drive, 2, temperature=0), eager.imagine(drive, 2, temperature=0))
     assert counters["stats"]["unique_graphs"] == graphs, "a warmed-up engine compiled again"
+
+
+@torch.no_grad()
+def test_bfloat16_engine_tracks_float32(model: models.GPT) -> None:
+    """The fast CPU path: bfloat16 weights, a float32 cache and float32 attention."""
+    import copy
+
+    engine = Engine(copy.deepcopy(model), backend="torch", compile=False, dtype=torch.bfloat16, max_batch=1)
+    assert engine.cache.keys[0].dtype == torch.float32
+    tokens = torch.randint(0, 1025, (1, 20))
+    streams = engine.open_streams(1)
+    logits = [streams.prefill(tokens[:, :12])] + [streams.step(tokens[:, i]) for i in range(12, 20)]
+    expected = model(tokens)[0, 11:20]
+    assert (torch.cat(logits) - expected).abs().max() < 0.1 * expected.abs().max()
+    drive = np.random.default_rng(7).integers(0, 1024, (2, 8))
+    assert (engine.imagine(drive, 2, seed=0) < 1024).all()
+
+
+def test_from_pretrained_picks_the_fast_dtype(model: models.GPT, tmp_path) -> None:
+    from engine.engine import fast_dtype
+
+    models.save_pretrained(model, tmp_path)
+    engine = Engine.from_pretrained(tmp_path, device="cpu", compile=False, max_batch=1)
+    assert engine.dtype == fast_dtype(torch.device("cpu")) and engine.model.lm_head.weight.dtype == engine.dtype
+    assert fast_dtype(torch.device("cpu"), "triton") == torch.float32  # the interpreter's reference path
