@@ -22,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from compress import CodecParams, decode_many, encode_many, fitted_batch, read_header  # noqa: E402
+from compress.api import coding_dtype  # noqa: E402
 from engine import Engine  # noqa: E402
+from engine.engine import resolve_device  # noqa: E402
 
 
 def zstd_compress(data: bytes) -> bytes | None:
@@ -52,10 +54,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the CLI)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    cuda = resolve_device(args.device).type == "cuda"
 
     engine = Engine.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                    max_batch=args.batch,
+                                    max_batch=args.batch, dtype=coding_dtype(cuda),
                                     compile=cuda if args.compile is None else args.compile)
     window = args.window or engine.config.frames_per_window
     hardware = torch.cuda.get_device_name() if engine.device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine.engine import fast_dtype  # noqa: E402
+from engine.engine import fast_dtype, resolve_device  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -64,7 +64,7 @@ def time_transformers(hf, drives: np.ndarray, config: models.GPTConfig, device: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=24, help="gpt2m has 24; cut it for CPU runs")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="engine dtype (default: the engine's, bfloat16 where computed natively)")
     parser.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else fast_dtype(device, args.backend)
     hf_dtype = getattr(torch, args.hf_dtype) if args.hf_dtype else (dtype if device.type == "cuda" else torch.float32)
 

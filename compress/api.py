@@ -1,9 +1,9 @@
 """`encode` / `decode`: token arrays <-> compressed bytes, one segment or many at once."""
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
-import os
 from functools import lru_cache
 
 import numpy as np

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from engine import Engine, EngineError
+from engine.engine import resolve_device
 from models import CheckpointError
 
 from .api import DEFAULT_MAX_BATCH, coding_dtype, decode_many, encode_many, engine_for, fitted_batch, read_header
@@ -68,7 +69,7 @@ def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:
     if args.threads < 1:
         raise CompressError(f"threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    cuda = resolve_device(args.device).type == "cuda"
     try:
         return Engine.from_pretrained(args.model, device=args.device, backend=args.backend, max_batch=max_batch,
                                       dtype=coding_dtype(cuda), compile=cuda if args.compile is None else args.compile)
@@ -76,9 +77,8 @@ def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:
         raise CompressError(f"cannot load the model: {exc}") from exc
 
 
-def decode_all(files: list[bytes], args: argparse.Namespace, progress) -> list[np.ndarray]:
+def decode_all(files: list[bytes], headers: list[Header], args: argparse.Namespace, progress) -> list[np.ndarray]:
     """Decode files with engines rebuilt from their headers, a batch of files at a time."""
-    headers = [read_header(data) for data in files]
     arrays: list[np.ndarray] = []
     for start in range(0, len(files), DEFAULT_MAX_BATCH):
         batch = files[start : start + DEFAULT_MAX_BATCH]
@@ -125,8 +125,9 @@ def run_decode(args: argparse.Namespace, writer: Writer) -> None:
     jobs = plan(args.inputs, args.output, decoding=True)
     check_targets([job.target for job in jobs], args.inputs, args.force)
     files = [read_bytes(job.source) for job in jobs]
-    with progress_bar(sum(read_header(data).frames * 128 for data in files), args.quiet) as bar:
-        for job, array in zip(jobs, decode_all(files, args, bar.update)):
+    headers = [read_header(data) for data in files]
+    with progress_bar(sum(header.frames * 128 for header in headers), args.quiet) as bar:
+        for job, array in zip(jobs, decode_all(files, headers, args, bar.update)):
             writer.write(job.target, npy_bytes(array))
 
 
@@ -153,9 +154,10 @@ def run_info(args: argparse.Namespace) -> None:
 
 def run_test(args: argparse.Namespace) -> None:
     files = [read_bytes(name) for name in args.files]
+    headers = [read_header(data) for data in files]
     args.batch = None
-    with progress_bar(sum(read_header(data).frames * 128 for data in files), args.quiet) as bar:
-        decode_all(files, args, bar.update)
+    with progress_bar(sum(header.frames * 128 for header in headers), args.quiet) as bar:
+        decode_all(files, headers, args, bar.update)
         if not args.quiet:
             for name in args.files:
                 bar.write(f"{name}: OK", file=sys.stdout)

@@ -36,7 +36,7 @@ class Engine:
         prefill_chunk: int = 4096,
         compile: bool | None = None,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" else "torch"
         # A model handed over keeps its own dtype on the CPU (the engine casts in place).
@@ -81,7 +81,7 @@ class Engine:
         small default model shipped in the package. `dtype` defaults to bfloat16 where the
         hardware computes in it natively (CUDA; CPUs with AVX512-BF16 or AMX under the torch
         backend), else float32."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device)
         dtype = dtype or fast_dtype(device, backend)
         model = load_pretrained(Path(path) if path is not None else DEFAULT_MODEL_DIR, dtype=dtype)
         return cls(model, device=device, dtype=dtype, backend=backend, max_batch=max_batch, **options)
@@ -183,6 +183,11 @@ class Engine:
             new_frame = torch.cat([new_bos, out[:, frame]], dim=1)[:, None]
             history = torch.cat([history[:, 1 - config.frames_per_window :], new_frame], dim=1)
         return out.cpu()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for, or CUDA when there is one, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def fast_dtype(device: torch.device, backend: str = "auto") -> torch.dtype:
