@@ -3,6 +3,7 @@
 Reports, for each case, the Triton kernel and a torch baseline timed in the same run:
     decode attention   achieved GB/s (K/V bytes read) at batch 1 and a larger batch
     fused_linear M=1   achieved GB/s (weight bytes read): QKV, MLP c_fc + gelu, c_proj + residual
+    int8_matmul M=1    achieved GB/s (int8 weight bytes read) against torch._int_mm (padded to 17 rows)
     prefill attention  achieved TFLOP/s of a causal prefill
 and each as a fraction of the device's peak where the device is in PEAKS.
 
@@ -25,10 +26,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from kernels import fused_linear, paged_decode_attention, paged_prefill_attention  # noqa: E402
+from kernels import fused_linear, int8_matmul, paged_decode_attention, paged_prefill_attention  # noqa: E402
 
 NUM_HEADS, HEAD_DIM, WIDTH, MLP_WIDTH = 16, 64, 1024, 4096
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (peak memory bandwidth in bytes/s, peak dense 16-bit tensor FLOP/s), from vendor spec sheets.
 PEAKS = {
     "H200": (4.8e12, 989e12),
@@ -105,6 +106,21 @@ def bench_linear(name: str, in_features: int, out_features: int, epilogue: str, 
     return Row(f"fused_linear ({name})", shape, "GB/s", weight_bytes, ours_ms, time_ms(baseline))
 
 
+def bench_int8(name: str, in_features: int, out_features: int) -> Row:
+    a = torch.randint(-128, 128, (1, in_features), dtype=torch.int8, device="cuda")
+    b = torch.randint(-128, 128, (out_features, in_features), dtype=torch.int8, device="cuda")
+    # torch._int_mm needs more than 16 rows on CUDA: a decode row padded as the engine would.
+    padded = torch.cat([a, a.new_zeros(16, in_features)])
+    return Row(
+        f"int8_matmul ({name})",
+        f"M=1 {in_features}->{out_features}",
+        "GB/s",
+        b.numel(),
+        time_ms(lambda: int8_matmul(a, b)),
+        time_ms(lambda: torch._int_mm(padded, b.t())),
+    )
+
+
 def bench_prefill(context: int, block_size: int, dtype: torch.dtype) -> Row:
     num_blocks = math.ceil(context / block_size)
     cache_shape = (num_blocks, block_size, NUM_HEADS, HEAD_DIM)
@@ -175,6 +191,8 @@ def main() -> None:
         bench_linear("qkv", WIDTH, 3 * WIDTH, "", dtype),
         bench_linear("mlp c_fc", WIDTH, MLP_WIDTH, "gelu", dtype),
         bench_linear("mlp c_proj", MLP_WIDTH, WIDTH, "residual", dtype),
+        bench_int8("mlp c_fc", WIDTH, MLP_WIDTH),
+        bench_int8("mlp c_proj", MLP_WIDTH, WIDTH),
         bench_prefill(args.context, args.block_size, dtype),
     ]
     print(f"device: {torch.cuda.get_device_name()}  dtype: {args.dtype}  peaks: "

@@ -1,5 +1,9 @@
 import sys
 
-from .cli import main
+try:  # importing torch takes a second or two: Ctrl-C then is no bug worth a traceback
+    from .cli import main
+except KeyboardInterrupt:
+    print("python -m compress: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

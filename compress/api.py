@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from engine import Engine, EngineError
+from engine import Engine, EngineError, Numerics, resolve_device
 from models import CheckpointError
 
 from .codec import CodecParams, Progress, check_engine, check_params, decode_lanes, encode_lanes, run_lanes
@@ -30,7 +30,10 @@ class Encoded:
 def default_engine(max_batch: int = DEFAULT_MAX_BATCH, model: str | os.PathLike | None = None) -> Engine:
     """The engine `encode` uses when given none: the shipped default model (or `model`),
     compiled only on CUDA (on the CPU, compiling costs more than it saves on a segment)."""
-    return _cached_engine(None if model is None else str(model), max_batch, None)
+    device = resolve_device(None)
+    numerics = Numerics.for_engine_options(device, dtype=coding_dtype(device.type == "cuda"),
+                                           compile=device.type == "cuda")
+    return _cached_engine(None if model is None else str(model), max_batch, numerics)
 
 
 def coding_dtype(cuda: bool) -> torch.dtype | None:
@@ -42,43 +45,23 @@ def coding_dtype(cuda: bool) -> torch.dtype | None:
 def engine_for(header: Header, model: str | os.PathLike | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> Engine:
     """An engine whose numerics are the file's: backend, dtype, device kind, compilation,
     prefill chunk and, on the CPU, torch's thread count, which is process-wide: this sets it."""
-    numerics = header.numerics
     try:
-        options = {
-            "device": str(numerics["device"]),
-            "dtype": _torch_dtype(str(numerics["dtype"])),
-            "backend": str(numerics["backend"]),
-            "compile": bool(numerics["compiled"]),
-            "prefill_chunk": int(numerics["prefill_chunk"]),
-        }
-        threads = int(numerics["threads"]) if options["device"] == "cpu" else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UnsupportedFormatError(f"the file's numerics {numerics} do not say how to rebuild its engine") from exc
-    if options["device"] == "cuda" and not torch.cuda.is_available():
+        numerics = Numerics.from_dict(header.numerics)
+    except EngineError as exc:
+        raise UnsupportedFormatError(f"the file's numerics do not say how to rebuild its engine: {exc}") from exc
+    if numerics.device == "cuda" and not torch.cuda.is_available():
         raise ModelMismatchError("the file was compressed on a CUDA GPU: decoding it needs one too")
-    if threads is not None and threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    key = tuple(sorted(options.items()))
+    numerics.set_threads()  # a cached engine was built with them, but they are process-wide
     try:
-        return _cached_engine(None if model is None else str(model), max(max_batch, header.batch), key)
+        return _cached_engine(None if model is None else str(model), max(max_batch, header.batch), numerics)
     except (EngineError, CheckpointError) as exc:
         raise ModelMismatchError(f"cannot rebuild the engine this file needs: {exc}") from exc
 
 
 @lru_cache(maxsize=2)
-def _cached_engine(model: str | None, max_batch: int, options: tuple | None) -> Engine:
-    """Engines are loaded once per process (and settings)."""
-    if options is None:
-        cuda = torch.cuda.is_available()
-        return Engine.from_pretrained(model, max_batch=max_batch, dtype=coding_dtype(cuda), compile=cuda)
-    return Engine.from_pretrained(model, max_batch=max_batch, **dict(options))
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"not a floating-point dtype: {name!r}")
-    return dtype
+def _cached_engine(model: str | None, max_batch: int, numerics: Numerics) -> Engine:
+    """Engines are loaded once per process (and numerics)."""
+    return Engine.from_numerics(numerics, model, max_batch)
 
 
 def fitted_batch(engine: Engine, segments: list[np.ndarray], lanes: int) -> int:
@@ -117,7 +100,7 @@ def encode_many(arrays: list[np.ndarray], engine: Engine, params: CodecParams,
         header = Header(
             fingerprint=engine.fingerprint, window=params.window, stride=params.stride, lanes=params.lanes,
             batch=params.batch,
-            precision=PRECISION, numerics=dict(engine.numerics), dtype=array.dtype.str, shape=array.shape,
+            precision=PRECISION, numerics=engine.numerics.to_dict(), dtype=array.dtype.str, shape=array.shape,
             fortran_order=array.ndim > 1 and np.isfortran(array),
             token_crc=zlib.crc32(np.ascontiguousarray(array).tobytes()),
             lane_words=tuple(len(w) for w in words), payload_crc=zlib.crc32(payload),

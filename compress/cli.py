@@ -2,24 +2,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine import Engine, EngineError
-from engine.engine import resolve_device
+from engine import Engine, EngineError, resolve_device
 from models import CheckpointError
 
 from .api import DEFAULT_MAX_BATCH, coding_dtype, decode_many, encode_many, engine_for, fitted_batch, read_header
 from .codec import CodecParams
 from .errors import CompressError
-from .files import STDIO, Job, Writer, check_targets, load_npy, npy_bytes, plan, read_bytes
-from .format import VERSION, Header
+from .files import STDIO, Job, Writer, into_directory, load_npy, npy_bytes, plan, read_bytes
+from .format import MAX_BATCH, PREFIX, Header, repack
 
 PROG = "python -m compress"
+# torch crashes on absurd thread counts (100000 segfaults); no CPU coder gains from more.
+# engine.Numerics accepts the same range when it rebuilds a file's engine.
+MAX_THREADS = 512
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,18 +34,22 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--model", metavar="DIR", help="model checkpoint directory (default: the shipped model)")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary or messages")
     # Only the encoder chooses numerics; the decoder rebuilds them from the file's header.
     numerics = Parser(add_help=False)
-    numerics.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    numerics.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"))
+    numerics.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    numerics.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
+                          help="engine op set (default: %(default)s)")
     numerics.add_argument("--compile", action=argparse.BooleanOptionalAction,
                           help="torch.compile the model (default: on CUDA only)")
     numerics.add_argument("--threads", type=int, default=1,
-                          help="torch CPU threads (default 1); recorded, and the decoder uses the same")
+                          help=f"torch CPU threads, 1..{MAX_THREADS} (default: %(default)s); "
+                               "recorded, and the decoder uses the same")
     files = Parser(add_help=False)
-    files.add_argument("inputs", nargs="+", metavar="IN", help="files, directories, or - for stdin")
-    files.add_argument("output", metavar="OUT", help="file, directory (for several inputs), or - for stdout")
+    files.add_argument("paths", nargs="+", metavar="PATH",
+                       help="IN... OUT: files, directories or - (stdin/stdout); several inputs need an existing "
+                            "OUT directory (or OUT/ to create it); a lone IN writes beside itself "
+                            "(x.npy -> x.npy.cvq -> x.npy)")
     files.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
 
     parser = Parser(prog=PROG, description="Lossless compression of commaVQ token segments with the world model.")
@@ -50,41 +58,60 @@ def build_parser() -> Parser:
     encode.add_argument("--dataset", action="store_true",
                         help="inputs are commaVQ webdataset shards (data-XXXX.tar.gz): one output per segment key")
     encode.add_argument("--window", type=int, help="frames per model window (default: the model's)")
-    encode.add_argument("--stride", type=int, default=1, help="frames coded per window (default 1: best rate)")
-    encode.add_argument("--lanes", type=int, default=1, help="independent runs per segment, to fill a batch")
+    encode.add_argument("--stride", type=int, default=1,
+                        help="frames coded per window (default: %(default)s, best rate)")
+    encode.add_argument("--lanes", type=int, default=1,
+                        help="independent runs per segment, to fill a batch (default: %(default)s)")
     encode.add_argument("--batch", type=int, default=DEFAULT_MAX_BATCH,
-                        help="streams per engine call, at most (fewer if there are fewer lanes)")
+                        help=f"streams per engine call, 1..{MAX_BATCH}, fewer if there are fewer lanes "
+                             "(default: %(default)s)")
     decode = commands.add_parser("decode", parents=[files, common], help="restore the exact .npy files")
-    decode.add_argument("--batch", type=int, help="engine max_batch (default: what the files need)")
+    decode.add_argument("--batch", type=int, help=f"engine max_batch, 1..{MAX_BATCH} (default: what the files need)")
     commands.add_parser("info", help="print the header").add_argument("files", nargs="+", metavar="FILE")
     test = commands.add_parser("test", parents=[common], help="decode and verify without writing")
     test.add_argument("files", nargs="+", metavar="FILE")
     return parser
 
 
+def in_and_out(paths: list[str]) -> tuple[list[str], str | None]:
+    return (paths[:-1], paths[-1]) if len(paths) > 1 else (paths, None)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse bad numbers and devices before reading inputs or loading anything."""
+    if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
+        raise CompressError(f"--batch must be 1..{MAX_BATCH}, got {args.batch}")
+    if args.command != "encode":
+        return
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise CompressError(f"--threads must be 1..{MAX_THREADS}, got {args.threads}")
+    resolve_device(args.device)  # the engine's EngineError for an unknown or unavailable device
+
+
 def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:
-    """The encoder's engine, from the command line."""
-    if max_batch < 1:
-        raise CompressError(f"batch must be at least 1, got {max_batch}")
-    if args.threads < 1:
-        raise CompressError(f"threads must be at least 1, got {args.threads}")
+    """The encoder's engine, from the (checked) command line."""
     torch.set_num_threads(args.threads)
     cuda = resolve_device(args.device).type == "cuda"
     try:
         return Engine.from_pretrained(args.model, device=args.device, backend=args.backend, max_batch=max_batch,
                                       dtype=coding_dtype(cuda), compile=cuda if args.compile is None else args.compile)
-    except RuntimeError as exc:  # torch's error for a bad or unavailable device
+    except RuntimeError as exc:  # torch's error for a device that fails to start
         raise CompressError(f"cannot load the model: {exc}") from exc
 
 
-def decode_all(files: list[bytes], headers: list[Header], args: argparse.Namespace, progress) -> list[np.ndarray]:
-    """Decode files with engines rebuilt from their headers, a batch of files at a time."""
-    arrays: list[np.ndarray] = []
-    for start in range(0, len(files), DEFAULT_MAX_BATCH):
-        batch = files[start : start + DEFAULT_MAX_BATCH]
-        engine = engine_for(headers[start], args.model, args.batch or DEFAULT_MAX_BATCH)
-        arrays += decode_many(batch, engine, progress)
-    return arrays
+def decode_all(files: list[bytes], headers: list[Header], model: str | None, batch: int | None,
+               progress) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, array) of every file, decoded with an engine rebuilt from its header: files
+    whose headers need the same engine settings are decoded together, a batch at a time."""
+    groups: dict[tuple, list[int]] = {}
+    for index, header in enumerate(headers):
+        groups.setdefault(tuple(sorted(header.numerics.items())), []).append(index)
+    for indices in groups.values():
+        engine = engine_for(headers[indices[0]], model, max(batch or DEFAULT_MAX_BATCH,
+                                                            *(headers[i].batch for i in indices)))
+        for start in range(0, len(indices), DEFAULT_MAX_BATCH):
+            chunk = indices[start : start + DEFAULT_MAX_BATCH]
+            yield from zip(chunk, decode_many([files[i] for i in chunk], engine, progress))
 
 
 def progress_bar(total: int, quiet: bool) -> tqdm:
@@ -93,52 +120,70 @@ def progress_bar(total: int, quiet: bool) -> tqdm:
                 disable=quiet or not sys.stderr.isatty())
 
 
+def rate(tokens: int, size: int) -> str:
+    """The project's rate (raw 10-bit tokens / compressed size) and bits per token."""
+    return f"rate {tokens * 10 / 8 / size:.3f}, {8 * size / tokens:.3f} bits/token" if tokens else "empty"
+
+
 def run_encode(args: argparse.Namespace, writer: Writer) -> None:
+    check_options(args)
+    inputs, output = in_and_out(args.paths)
     if args.dataset:
         from models.data import DataError, load_segments
 
-        if STDIO in args.inputs:
-            raise CompressError("--dataset reads shard files, not stdin")
+        if STDIO in inputs or output is None:
+            raise CompressError("--dataset reads shard files (not stdin) into an output directory: give one")
         try:
-            segments = load_segments(args.inputs, as_stored=True)
+            segments = load_segments(inputs, as_stored=True)
         except DataError as exc:
             raise CompressError(str(exc)) from exc
-        jobs = [Job(key, str(Path(args.output) / f"{key}.npy.cvq")) for key, _ in segments]
-        arrays = [tokens for _, tokens in segments]
+        work = into_directory(output, [(key, f"{key}.npy.cvq") for key, _ in segments])
+        arrays, versions = [tokens for _, tokens in segments], [(1, 0)] * len(segments)
     else:
-        jobs = plan(args.inputs, args.output, decoding=False)
-        arrays = None
-    check_targets([job.target for job in jobs], args.inputs, args.force)
-    if arrays is None:
-        arrays = [load_npy(read_bytes(job.source), job.source) for job in jobs]
+        work = plan(inputs, output, decoding=False)
+    writer.prepare(work, inputs, args.force)
+    jobs: list[Job] = work.jobs
+    if not args.dataset:
+        arrays, versions = map(list, zip(*(load_npy(read_bytes(job.source), job.source) for job in jobs)))
     engine = load_engine(args, args.batch)
     window = engine.config.frames_per_window if args.window is None else args.window
     params = CodecParams(window, args.stride, args.lanes, fitted_batch(engine, arrays, args.lanes))
-    with progress_bar(sum(a.size for a in arrays), args.quiet) as bar:
-        for start in range(0, len(jobs), params.batch):  # a batch of segments at a time bounds memory
-            encoded = encode_many(arrays[start : start + params.batch], engine, params, bar.update)
-            for job, result in zip(jobs[start : start + params.batch], encoded):
-                writer.write(job.target, result.data)
+    tokens, size, start = sum(a.size for a in arrays), 0, time.perf_counter()
+    with progress_bar(tokens, args.quiet) as bar:
+        for first in range(0, len(jobs), params.batch):  # a batch of segments at a time bounds memory
+            chunk = slice(first, first + params.batch)
+            for job, version, result in zip(jobs[chunk], versions[chunk],
+                                            encode_many(arrays[chunk], engine, params, bar.update)):
+                data = result.data if version == (1, 0) else repack(result.data, npy_version=version)
+                writer.write(job.target, data)
+                size += len(data)
+    if not args.quiet:
+        seconds = time.perf_counter() - start
+        print(f"{PROG}: encoded {len(jobs)} file(s), {tokens} tokens in {size} bytes: {rate(tokens, size)}, "
+              f"{tokens / max(seconds, 1e-9):.0f} tokens/s", file=sys.stderr)
 
 
 def run_decode(args: argparse.Namespace, writer: Writer) -> None:
-    jobs = plan(args.inputs, args.output, decoding=True)
-    check_targets([job.target for job in jobs], args.inputs, args.force)
-    files = [read_bytes(job.source) for job in jobs]
+    check_options(args)
+    inputs, output = in_and_out(args.paths)
+    work = plan(inputs, output, decoding=True)
+    writer.prepare(work, inputs, args.force)
+    files = [read_bytes(job.source) for job in work.jobs]
     headers = [read_header(data) for data in files]
     with progress_bar(sum(header.frames * 128 for header in headers), args.quiet) as bar:
-        for job, array in zip(jobs, decode_all(files, headers, args, bar.update)):
-            writer.write(job.target, npy_bytes(array))
+        for index, array in decode_all(files, headers, args.model, args.batch, bar.update):
+            writer.write(work.jobs[index].target, npy_bytes(array, headers[index].npy_version))
 
 
-def describe(name: str, header: Header, size: int) -> str:
-    tokens = header.frames * 128
-    rate = f"rate {tokens * 10 / 8 / size:.3f}, {8 * size / tokens:.3f} bits/token" if tokens else "empty"
+def describe(name: str, data: bytes) -> str:
+    header, version = read_header(data), PREFIX.unpack_from(data)[1]
     numerics = " ".join(f"{k}={v}" for k, v in sorted(header.numerics.items()))
     order = "Fortran" if header.fortran_order else "C"
+    major, minor = header.npy_version
     return "\n".join((
-        f"{name}: format version {VERSION}, {size} bytes ({header.payload_length} payload), {rate}",
-        f"  array: shape {header.shape}, dtype {header.dtype}, {order} order",
+        f"{name}: format version {version}, {len(data)} bytes ({header.payload_length} payload), "
+        f"{rate(header.frames * 128, len(data))}",
+        f"  array: shape {header.shape}, dtype {header.dtype}, {order} order, .npy format {major}.{minor}",
         f"  model: {header.fingerprint}",
         f"  coding: window {header.window}, stride {header.stride}, lanes {header.lanes}, "
         f"batch {header.batch}, precision {header.precision} bits",
@@ -148,19 +193,16 @@ def describe(name: str, header: Header, size: int) -> str:
 
 def run_info(args: argparse.Namespace) -> None:
     for name in args.files:
-        data = read_bytes(name)
-        print(describe(name, read_header(data), len(data)))
+        print(describe(name, read_bytes(name)))
 
 
 def run_test(args: argparse.Namespace) -> None:
     files = [read_bytes(name) for name in args.files]
     headers = [read_header(data) for data in files]
-    args.batch = None
     with progress_bar(sum(header.frames * 128 for header in headers), args.quiet) as bar:
-        decode_all(files, headers, args, bar.update)
-        if not args.quiet:
-            for name in args.files:
-                bar.write(f"{name}: OK", file=sys.stdout)
+        for index, _ in decode_all(files, headers, args.model, None, bar.update):
+            if not args.quiet:
+                bar.write(f"{args.files[index]}: OK", file=sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             run_info(args)
         else:
             run_test(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is handled below
     except (CompressError, EngineError, CheckpointError, OSError) as exc:
         writer.remove_created()
+        if isinstance(exc, BrokenPipeError):  # `... | head`: stop quietly, as gzip and xz do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

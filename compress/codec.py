@@ -136,10 +136,10 @@ def check_engine(header: Header, engine) -> None:
             f"model mismatch: the file was compressed with model {header.fingerprint[:16]}, "
             f"this engine has model {engine.fingerprint[:16]}"
         )
-    if header.numerics != engine.numerics:
-        diff = sorted(k for k in header.numerics.keys() | engine.numerics.keys()
-                      if header.numerics.get(k) != engine.numerics.get(k))
-        shown = ", ".join(f"{k}: file {header.numerics.get(k)!r} vs engine {engine.numerics.get(k)!r}" for k in diff)
+    numerics = engine.numerics.to_dict()
+    if header.numerics != numerics:
+        diff = sorted(k for k in header.numerics.keys() | numerics.keys() if header.numerics.get(k) != numerics.get(k))
+        shown = ", ".join(f"{k}: file {header.numerics.get(k)!r} vs engine {numerics.get(k)!r}" for k in diff)
         raise ModelMismatchError(f"numerics mismatch, the logits could differ from the encoder's ({shown})")
     if header.batch > engine.max_batch:
         raise ModelMismatchError(f"the file was coded in batches of {header.batch} streams; "

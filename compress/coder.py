@@ -1,57 +1,27 @@
-"""Logits -> integer frequencies, and range coding of one token stream with them.
+"""Range coding of token streams under integer frequency tables (see `frequencies.py`).
 
-Frequencies are a function of the logits' bits that uses only IEEE-754 basic arithmetic
-(correctly rounded everywhere) and integers, never libm or numpy's SIMD `exp`, whose last
-bits differ between CPUs. So encoder and decoder agree whenever the engine's logits do.
+A table is handed to constriction's range coder as the float weights `frequency - 1`, which
+its fast (`perfect=False`) quantizer maps back to exactly `frequency`: with weights summing
+to `TOTAL - symbols` its scale is exactly 1 and all sums are exact.
 
-Every real token gets at least 1 of `TOTAL = 2**PRECISION`; BOS never occurs in data and
-gets nothing. The table is handed to constriction's range coder as the float weights
-`frequency - 1`, which its fast (`perfect=False`) quantizer maps back to exactly `frequency`:
-with weights summing to `TOTAL - symbols` its scale is exactly 1 and all sums are exact.
+Lanes decoded in lockstep share one stream, interleaved in a fixed order (`interleaved_rows`:
+at each step, the lanes still running, in lane order), so a decoder step is one `decode` call
+with one table per active lane, and the encoder writes the same order in one `encode` call.
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import constriction
 import numpy as np
 
 from .errors import CompressError, ModelMismatchError
+from .frequencies import PRECISION, TOTAL, frequencies
 
-PRECISION = 24  # constriction's Categorical model works at 24-bit precision
-TOTAL = 1 << PRECISION
-# exp2 values are floored to integers below 2**WEIGHT_BITS, so weight * TOTAL fits in int64.
-WEIGHT_BITS = 38
-LOG2_E = 1.4426950408889634
-# Taylor coefficients of 2**f = exp(f ln 2) on [0, 1), highest degree first (error < 1e-10).
-EXP2_COEFFICIENTS = tuple(math.log(2) ** k / math.factorial(k) for k in range(11, -1, -1))
+__all__ = ["PRECISION", "TOTAL", "frequencies", "code_length", "interleaved_rows", "TokenEncoder", "TokenDecoder"]
+
 CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
-
-
-def _exp2(x: np.ndarray) -> np.ndarray:
-    """2**x for x <= 0 with basic float64 operations only: bit-identical on any machine."""
-    whole = np.floor(x)
-    fraction = x - whole  # exact
-    result = np.full_like(x, EXP2_COEFFICIENTS[0])
-    for coefficient in EXP2_COEFFICIENTS[1:]:
-        result = result * fraction + coefficient
-    return np.ldexp(result, whole.astype(np.int32))
-
-
-def frequencies(logits: np.ndarray, symbols: int) -> np.ndarray:
-    """int64 frequencies [rows, symbols], each >= 1, every row summing to TOTAL, from the
-    first `symbols` float32 logits of each row (a softmax, quantized deterministically)."""
-    x = np.asarray(logits, dtype=np.float32)[:, :symbols].astype(np.float64)
-    if not np.isfinite(x).all():
-        raise CompressError("the model produced non-finite logits")
-    x = (x - x.max(axis=1, keepdims=True)) * LOG2_E
-    np.maximum(x, -(WEIGHT_BITS + 1), out=x)  # below this the weight floors to 0 anyway
-    weights = np.floor(np.ldexp(_exp2(x), WEIGHT_BITS)).astype(np.int64)
-    freq = weights * (TOTAL - symbols) // weights.sum(axis=1, keepdims=True) + 1
-    # The floors leave fewer than `symbols` units; the most likely token takes them.
-    rows = np.arange(freq.shape[0])
-    freq[rows, weights.argmax(axis=1)] += TOTAL - freq.sum(axis=1)
-    return freq
+ENCODE_BLOCK_ROWS = 256
 
 
 def code_length(freq: np.ndarray, tokens: np.ndarray) -> float:
@@ -60,8 +30,24 @@ def code_length(freq: np.ndarray, tokens: np.ndarray) -> float:
     return float(np.sum(PRECISION - np.log2(chosen)))
 
 
+def interleaved_rows(lengths: Sequence[int], start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lane, step) of every token coded at steps start..stop-1 of lanes of these lengths
+    (tokens per lane), in stream order: step by step, the lanes still running in lane order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.ndim != 1 or (lengths < 0).any() or not 0 <= start <= stop:
+        raise CompressError(f"bad interleaving: lengths {lengths.tolist()}, steps {start}..{stop}")
+    step, lane = np.nonzero(np.arange(start, stop)[:, None] < lengths[None, :])
+    return lane, step + start
+
+
 def _weights(freq: np.ndarray) -> np.ndarray:
-    return (np.asarray(freq, dtype=np.int64) - 1).astype(np.float64).reshape(-1, freq.shape[-1])
+    """constriction's float weights for integer tables [n, symbols]: one vectorized pass."""
+    freq = np.asarray(freq)
+    if freq.ndim != 2 or freq.dtype.kind not in "iu":
+        raise CompressError(f"frequency tables must be integer [n, symbols], got {freq.dtype} {freq.shape}")
+    weights = freq.astype(np.float64)
+    weights -= 1  # in place: a separate pass over a cache-sized block is cheaper than a casting ufunc
+    return weights
 
 
 class TokenEncoder:
@@ -72,7 +58,14 @@ class TokenEncoder:
 
     def encode(self, tokens: np.ndarray, freq: np.ndarray) -> None:
         """Append `tokens` [n], coded with `freq` [n, symbols]."""
-        self._coder.encode(np.asarray(tokens, dtype=np.int32).reshape(-1), CATEGORICAL, _weights(freq))
+        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
+        if len(tokens) != len(freq):
+            raise CompressError(f"{len(tokens)} tokens but {len(freq)} frequency tables")
+        # Blocks of rows whose float weights stay in cache: converting a whole lane at once
+        # costs more than constriction's coding itself.
+        for start in range(0, len(tokens), ENCODE_BLOCK_ROWS):
+            stop = start + ENCODE_BLOCK_ROWS
+            self._coder.encode(tokens[start:stop], CATEGORICAL, _weights(freq[start:stop]))
 
     def finish(self) -> np.ndarray:
         """The compressed stream as 32-bit words."""
@@ -80,7 +73,8 @@ class TokenEncoder:
 
 
 class TokenDecoder:
-    """Inverse of `TokenEncoder`: decodes tokens one table at a time."""
+    """Inverse of `TokenEncoder`: one call decodes a token per table row, e.g. one per
+    active lane of an interleaved stream."""
 
     def __init__(self, words: np.ndarray) -> None:
         self._coder = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))

@@ -1,19 +1,27 @@
-"""File plumbing for the CLI: which inputs go to which outputs, reading, atomic writes."""
+"""File plumbing for the CLI: which inputs go to which outputs, reading, atomic writes.
+
+Everything here runs before the model is loaded, so bad names and bad files fail in
+milliseconds, not after the coding work."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy
 
-from models.atomic import atomic_write
+from models.atomic import atomic_write, check_writable
+from models.tokens import check_ids
 
 from .errors import CompressError
+from .format import DTYPE_PATTERN, LAYOUTS, MAX_FRAMES, NPY_VERSIONS
 
 SUFFIX = ".cvq"
+NPY = ".npy"
 STDIO = "-"
 
 
@@ -21,6 +29,12 @@ STDIO = "-"
 class Job:
     source: str  # a path, or "-" for stdin
     target: str  # a path, or "-" for stdout
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: list[Job]
+    new_directory: str | None = None  # an output directory named with a trailing "/", to make first
 
 
 def expand(inputs: list[str], suffix: str) -> list[str]:
@@ -38,25 +52,41 @@ def expand(inputs: list[str], suffix: str) -> list[str]:
 
 
 def output_name(name: str, decoding: bool) -> str:
-    """zstd/xz naming: encoding appends .cvq, decoding strips it."""
+    """zstd/xz naming: encoding appends .cvq; decoding strips it and makes sure of .npy."""
     if not decoding:
         return name + SUFFIX
-    if not name.endswith(SUFFIX) or name == SUFFIX:
-        raise CompressError(f"{name}: unknown suffix (expected {SUFFIX})")
-    return name[: -len(SUFFIX)]
+    if not name.endswith(SUFFIX) or Path(name).name == SUFFIX:
+        raise CompressError(f"{name}: unknown suffix (expected {SUFFIX}); name the output")
+    stem = name[: -len(SUFFIX)]
+    return stem if stem.endswith(NPY) else stem + NPY
 
 
-def plan(inputs: list[str], output: str, decoding: bool) -> list[Job]:
-    """One job per input file; several inputs (or a directory) go into directory `output`."""
-    sources = expand(inputs, SUFFIX if decoding else ".npy")
-    if not sources:
-        raise CompressError(f"no input files in {' '.join(inputs)}")
-    to_directory = Path(output).is_dir() or any(Path(i).is_dir() for i in inputs if i != STDIO)
-    if sources == [STDIO] or (not to_directory and len(sources) == 1):
-        return [Job(sources[0], output)]
+def into_directory(output: str, names: list[tuple[str, str]]) -> Plan:
+    """Jobs (source, file name) writing into directory `output`: an existing one, or one
+    named with a trailing "/" whose parent exists (it is made, and removed on failure)."""
     if output == STDIO:
         raise CompressError("several outputs cannot go to stdout: give an output directory")
-    return [Job(s, str(Path(output) / output_name(Path(s).name, decoding))) for s in sources]
+    if not os.path.isdir(output) and not output.endswith(("/", os.sep)):
+        raise CompressError(f"{output}: not a directory: several outputs need an existing directory "
+                            "(or end the name with / to create it)")
+    new = None if os.path.isdir(output) else output
+    return Plan([Job(source, str(Path(output) / name)) for source, name in names], new)
+
+
+def plan(inputs: list[str], output: str | None, decoding: bool) -> Plan:
+    """One job per input file. Without `output`, each output goes beside its input (stdin
+    to stdout); several inputs (or a directory) go into directory `output`."""
+    sources = expand(inputs, SUFFIX if decoding else NPY)
+    if not sources:
+        raise CompressError(f"no input files in {' '.join(inputs)}")
+    if output is None:
+        return Plan([Job(s, STDIO if s == STDIO else output_name(s, decoding)) for s in sources])
+    if output.endswith(NPY if not decoding else SUFFIX):  # `encode a.npy b.npy` meant two inputs
+        raise CompressError(f"{output}: an output named like an input; give an output directory or name")
+    several = len(sources) > 1 or any(Path(i).is_dir() for i in inputs if i != STDIO)
+    if sources == [STDIO] or not (several or os.path.isdir(output)):
+        return Plan([Job(sources[0], output)])
+    return into_directory(output, [(s, Path(output_name(s, decoding)).name) for s in sources])
 
 
 def check_targets(targets: list[str], inputs: list[str], force: bool) -> None:
@@ -88,39 +118,74 @@ def read_bytes(source: str) -> bytes:
         return f.read()
 
 
-def load_npy(data: bytes, source: str) -> np.ndarray:
+def load_npy(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """A token array and its .npy format version, checked from the .npy header before
+    anything is allocated (a header may claim any shape)."""
+    buffer = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise CompressError(f"{source}: not a readable .npy file ({exc})") from exc
+        version = npy.read_magic(buffer)
+    except ValueError:
+        raise CompressError(f"{source}: not a .npy file (it does not start with NumPy's magic string; "
+                            "text, or another format?)") from None
+    if version not in NPY_VERSIONS:
+        raise CompressError(f"{source}: unsupported .npy format version {version[0]}.{version[1]}")
+    try:
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, dtype = read(buffer)
+    except ValueError as exc:
+        raise CompressError(f"{source}: damaged .npy header ({exc})") from None
+    if dtype.hasobject or not DTYPE_PATTERN.fullmatch(dtype.str):
+        raise CompressError(f"{source}: dtype {dtype} is not an integer dtype")
+    if len(shape) < 2 or tuple(shape[1:]) not in LAYOUTS or shape[0] > MAX_FRAMES:
+        raise CompressError(f"{source}: tokens must be shaped (T, 8, 16) or (T, 128), T < 2**32, got {shape}")
+    count, start = math.prod(shape), buffer.tell()
+    if len(data) - start != count * dtype.itemsize:
+        raise CompressError(f"{source}: the .npy header says {shape} {dtype} ({count * dtype.itemsize} bytes), "
+                            f"the file holds {len(data) - start} bytes of data")
+    array = np.frombuffer(data, dtype, count, start).reshape(shape, order="F" if fortran_order else "C")
+    check_ids(array, CompressError, source)
+    return array, version
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray, version: tuple[int, int] = (1, 0)) -> bytes:
+    """The .npy file numpy writes for `array` in format `version` (1.0 is what np.save writes)."""
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
+    npy.write_array(buffer, array, version=version, allow_pickle=False)
     return buffer.getvalue()
 
 
+@dataclass
 class Writer:
-    """Writes outputs atomically (temp file in the same directory, then os.replace) and, if
-    the run fails later, removes the files it created."""
+    """Writes outputs atomically (models.atomic) and, if the run fails later, removes the
+    files and the directory it created."""
 
-    def __init__(self) -> None:
-        self.created: list[Path] = []  # files, then the directory they went into if made here
+    created: list[Path] = field(default_factory=list)  # in creation order
+
+    def prepare(self, plan: Plan, inputs: list[str], force: bool) -> None:
+        """Check every target and that its directory takes new files, before the work."""
+        targets = [job.target for job in plan.jobs]
+        check_targets(targets, inputs, force)
+        if plan.new_directory is not None:
+            directory = Path(plan.new_directory)
+            if not directory.parent.is_dir():
+                raise CompressError(f"{directory.parent}: no such directory")
+            directory.mkdir()
+            self.created.append(directory)
+        checked: set[Path] = set()
+        for target in targets:
+            if target != STDIO and Path(target).parent not in checked:
+                check_writable(target)
+                checked.add(Path(target).parent)
 
     def write(self, target: str, data: bytes) -> None:
         if target == STDIO:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
             return
-        path = Path(target)
-        existed = path.exists()
-        if not path.parent.exists():
-            path.parent.mkdir()
-            self.created.insert(0, path.parent)
-        atomic_write(path, data)
+        existed = os.path.lexists(target)
+        atomic_write(target, data)
         if not existed:
-            self.created.append(path)
+            self.created.append(Path(target))
 
     def remove_created(self) -> None:
         for path in reversed(self.created):

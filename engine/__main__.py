@@ -1,4 +1,9 @@
-"""`python -m engine imagine OUT.npy -n FRAMES [--context IN.npy]`: dream a drive forward."""
+"""`python -m engine imagine OUT.npy -n FRAMES [--context IN.npy]`: dream a drive forward.
+
+OUT may be `-` for stdout (not a terminal). Errors are one line on stderr and exit status 1.
+Input files are checked before torch is imported or the model is loaded, so bad input
+fails in well under a second.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,51 +13,119 @@ from pathlib import Path
 
 import numpy as np
 
-from models import CheckpointError
-from models.atomic import atomic_write
-
-from .engine import Engine
-from .errors import EngineError
+# Measured on a busy 2-core CPU (docs/BENCHMARKS.md): a batch-1 decode step of the shipped
+# model took 70 ms with 2 threads and 1.6 ms with 1; small batches do not feed more cores.
+DEFAULT_CPU_THREADS = 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    imagine = commands.add_parser("imagine", help="continue a drive (or start one) by n frames")
-    imagine.add_argument("output", help=".npy file for the new frames, (n, 8, 16) int16 (or the context's layout)")
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless there is none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser() -> argparse.ArgumentParser:
+    formatter = _Formatter
+    main_parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__, formatter_class=formatter)
+    commands = main_parser.add_subparsers(dest="command", required=True)
+    imagine = commands.add_parser("imagine", help="continue a drive (or start one) by n frames", formatter_class=formatter)
+    imagine.add_argument("output", help=".npy file for the new frames, (n, 8, 16) int16 (or the context's layout); - for stdout")
     imagine.add_argument("-n", "--frames", type=int, required=True, help="frames to imagine")
     imagine.add_argument("--context", help=".npy token file to continue; none starts from nothing")
     imagine.add_argument("--model", help="checkpoint directory (default: the shipped model)")
-    imagine.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    imagine.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    imagine.add_argument("--threads", type=int, default=DEFAULT_CPU_THREADS, help="torch CPU threads")
     imagine.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                         help="torch.compile (default: on; costs seconds up front, cached on disk)")
-    imagine.add_argument("--temperature", type=float, default=1.0)
-    imagine.add_argument("--top-k", type=int)
-    imagine.add_argument("--seed", type=int)
+                         help="torch.compile (default: on CUDA only; on the CPU it costs 30-90 s up front). "
+                              "Compiled code rounds differently, so it changes the dream for a given seed")
+    imagine.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    imagine.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (default: all)")
+    imagine.add_argument("--seed", type=int, help="the same seed gives the same dream (default: a fresh one)")
     imagine.add_argument("-f", "--force", action="store_true", help="overwrite OUT")
-    args = parser.parse_args(argv)
+    return main_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        output = Path(args.output)
-        if output.exists() and not args.force:
-            raise EngineError(f"{output} exists (use -f to overwrite)")
-        context = np.zeros((0, 8, 16), np.int16) if args.context is None else _load(args.context)
-        engine = Engine.from_pretrained(args.model, device=args.device, max_batch=1, compile=args.compile)
-        frames = engine.imagine(context, args.frames, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(frames))
-        atomic_write(output, buffer.getvalue())
-    except (EngineError, CheckpointError, OSError) as exc:
+        return _imagine(args)
+    except KeyboardInterrupt:
+        print("python -m engine: interrupted", file=sys.stderr)
+        return 1
+    except _UserError as exc:
         print(f"python -m engine: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{output}: {args.frames} frames {frames.shape[1:]} {frames.dtype}", file=sys.stderr)
+
+
+class _UserError(Exception):
+    """A problem found before the engine is imported (the engine's own errors join later)."""
+
+
+def _imagine(args: argparse.Namespace) -> int:
+    stdout = args.output == "-"
+    output = Path(args.output)
+    if stdout and sys.stdout.isatty():
+        raise _UserError("refusing to write token data to a terminal: redirect stdout or name a file")
+    if not stdout:
+        if output.exists() and not args.force:
+            raise _UserError(f"{output} exists (use -f to overwrite)")
+        if not output.parent.is_dir():
+            raise _UserError(f"{output}: directory {output.parent} does not exist")
+    if args.frames < 0 or args.threads < 1:
+        raise _UserError("-n must be >= 0 and --threads >= 1")
+    context = np.zeros((0, 8, 16), np.int16) if args.context is None else _load(args.context)
+
+    import torch  # slow: only after the cheap checks
+
+    from models import CheckpointError
+
+    from . import Engine, EngineError, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        if device.type == "cpu":
+            torch.set_num_threads(args.threads)
+        engine = Engine.from_pretrained(args.model, device=device, max_batch=1, compile=args.compile)
+        frames = engine.imagine(context, args.frames, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    except (EngineError, CheckpointError) as exc:
+        raise _UserError(str(exc)) from exc
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(frames))
+    _write(output, buffer.getvalue(), stdout)
+    print(f"{args.output}: {args.frames} frames {frames.shape[1:]} {frames.dtype}", file=sys.stderr)
     return 0
 
 
 def _load(path: str) -> np.ndarray:
+    """A token file, its header checked before its data is read: memory-mapping refuses a
+    header that claims more data than the file holds, without allocating it."""
+    from models.tokens import frame_tokens
+
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:  # numpy's error for a file that is not a plain .npy array
-        raise EngineError(f"cannot read {path}: {exc}") from exc
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise _UserError(f"cannot read {path} as a .npy token array: {reason}") from exc
+    if not isinstance(array, np.ndarray):
+        raise _UserError(f"{path}: not a .npy array (an .npz archive?)")
+    frame_tokens(array, _UserError, path)
+    return np.array(array)  # the caller's layout and dtype, now in memory
+
+
+def _write(output: Path, data: bytes, stdout: bool) -> None:
+    from models.atomic import atomic_write
+
+    try:
+        if stdout:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        else:
+            atomic_write(output, data)
+    except OSError as exc:
+        raise _UserError(f"cannot write {'stdout' if stdout else output}: {exc.strerror or exc}") from exc
 
 
 if __name__ == "__main__":

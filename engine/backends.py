@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,28 @@ class ChunkMetadata:
     query_lens: torch.Tensor
 
 
+class Ops(Protocol):
+    """What `ModelRunner.forward` calls; both op sets share the cache's semantics."""
+
+    name: ClassVar[str]
+    # True when a row's results are bit-identical for any batch size and any other rows;
+    # callers that promise batch independence run a non-invariant set at a fixed shape.
+    batch_invariant: ClassVar[bool]
+
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor: ...
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+               activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def write_kv(self, layer: int, keys: torch.Tensor, values: torch.Tensor, meta: ChunkMetadata) -> None: ...
+
+    def attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  meta: ChunkMetadata, fresh: bool, kv_len: int | None = None) -> torch.Tensor: ...
+
+
 class TorchOps:
     name = "torch"
+    batch_invariant = False  # library GEMMs choose their algorithm by shape
 
     def __init__(self, cache: PagedKVCache, scale: float) -> None:
         self.cache = cache
@@ -65,10 +86,18 @@ class TorchOps:
         self.cache.values[layer].index_put_(index, values.to(cache_dtype))
 
     def attention(
-        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, meta: ChunkMetadata, fresh: bool
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        meta: ChunkMetadata,
+        fresh: bool,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         """query, key, value [B, C, H, D] (the chunk's own) -> [B, C, H, D]; query i attends
-        to positions <= prefix + i."""
+        to positions <= prefix + i. `kv_len`: a host-side bound on every stream's filled
+        length, so only that much of the cache is read (None: all of it)."""
         dtype = query.dtype
         query, key, value = (t.to(self.cache.keys[layer].dtype) for t in (query, key, value))
         if fresh:  # nothing cached before the chunk: causal attention within it, no mask
@@ -78,7 +107,7 @@ class TorchOps:
             return out.transpose(1, 2).to(dtype)
         keys, values = self.cache.contiguous_view(layer)
         rows, chunk = query.shape[:2]
-        keys, values = keys[:rows], values[:rows]
+        keys, values = keys[:rows, :kv_len], values[:rows, :kv_len]
         key_positions = torch.arange(keys.shape[1], device=query.device)
         query_positions = meta.prefix_lens[:, None] + torch.arange(chunk, device=query.device)
         visible = key_positions[None, None, :] <= query_positions[:, :, None]
@@ -94,6 +123,7 @@ class TorchOps:
 
 class TritonOps:
     name = "triton"
+    batch_invariant = True
 
     def __init__(self, cache: PagedKVCache, scale: float) -> None:
         import kernels  # imported here so that CPU-only torch users never need Triton
@@ -110,10 +140,18 @@ class TritonOps:
         )
 
     def attention(
-        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, meta: ChunkMetadata, fresh: bool
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        meta: ChunkMetadata,
+        fresh: bool,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         """Reads keys and values from the paged cache, where `write_kv` has put the chunk's
-        own: the kernels bound each query's keys by `prefix_lens`, so `fresh` needs no path."""
+        own: the kernels bound each query's keys by `prefix_lens`, so neither `fresh` nor
+        `kv_len` needs a path."""
         rows, chunk = query.shape[:2]
         block_tables = self.cache.block_tables[:rows]
         key_cache, value_cache = self.cache.keys[layer], self.cache.values[layer]
@@ -128,4 +166,4 @@ class TritonOps:
         )
 
 
-BACKENDS = {"torch": TorchOps, "triton": TritonOps}
+BACKENDS: dict[str, type[Ops]] = {"torch": TorchOps, "triton": TritonOps}

@@ -11,12 +11,12 @@ import torch
 
 from models import GPT
 
-from .backends import ChunkMetadata, TorchOps, TritonOps
+from .backends import ChunkMetadata, Ops
 from .kv_cache import PagedKVCache
 
 
 class ModelRunner:
-    def __init__(self, model: GPT, cache: PagedKVCache, ops: TorchOps | TritonOps) -> None:
+    def __init__(self, model: GPT, cache: PagedKVCache, ops: Ops) -> None:
         self.model = model
         self.cache = cache
         self.ops = ops
@@ -25,11 +25,18 @@ class ModelRunner:
 
     @torch.no_grad()
     def forward(
-        self, tokens: torch.Tensor, start: torch.Tensor, query_lens: torch.Tensor, fresh: bool = False
+        self,
+        tokens: torch.Tensor,
+        start: torch.Tensor,
+        query_lens: torch.Tensor,
+        fresh: bool = False,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         """tokens [B, C] int64, start [B] int32, query_lens [B] int32 -> float32 logits
         [B, vocab] of each row's last real token (row 0's first token for padding rows).
-        `fresh`: every stream starts at position 0, so the chunk attends only to itself."""
+        `fresh`: every stream starts at position 0, so the chunk attends only to itself.
+        `kv_len`: no stream's keys reach past it (a host int from a few buckets: each value
+        is one compiled graph); None reads the whole cache."""
         rows, chunk = tokens.shape
         offsets = torch.arange(chunk, device=tokens.device)
         positions = start[:, None].long() + offsets
@@ -47,7 +54,7 @@ class ModelRunner:
             q, k, v = (t.reshape(rows * chunk, self.heads, self.head_dim) for t in qkv.chunk(3, dim=-1))
             ops.write_kv(layer, k, v, meta)  # before attention: a query sees its own key
             shape = (rows, chunk, self.heads, self.head_dim)
-            y = ops.attention(layer, q.view(shape), k.view(shape), v.view(shape), meta, fresh)
+            y = ops.attention(layer, q.view(shape), k.view(shape), v.view(shape), meta, fresh, kv_len)
             x = ops.linear(y.reshape(rows * chunk, -1), block.attn.c_proj.weight, block.attn.c_proj.bias, residual=x)
             h = ops.layer_norm(x, block.ln_2.weight, block.ln_2.bias, self.eps)
             h = ops.linear(h, block.mlp.c_fc.weight, block.mlp.c_fc.bias, activation="gelu_tanh")

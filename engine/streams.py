@@ -18,29 +18,38 @@ and any other rows. With the torch backend they are identical for the same `batc
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
 
 import torch
 
+from .cuda_graph import ChunkFn
 from .errors import EngineError
 
-if TYPE_CHECKING:
-    from .engine import Engine
 
-ChunkFn = Callable[..., torch.Tensor]  # ModelRunner.forward, compiled or captured
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a set of streams needs from its engine."""
+
+    device: torch.device
+    vocab_size: int
+    n_positions: int
+    prefill_chunk: int
+    forward: ChunkFn  # compiled chunk forward, any bucket
+    decode: ChunkFn  # the decode step: a CUDA-graph replay on CUDA, else `forward`
 
 
 class Streams:
-    def __init__(self, engine: Engine, batch_size: int, forward: ChunkFn, decode: ChunkFn) -> None:
-        self.engine = engine
+    def __init__(self, spec: StreamSpec, batch_size: int) -> None:
+        self.spec = spec
         self.batch_size = batch_size
-        self._forward = forward  # compiled chunk forward, any bucket
-        self._decode = decode  # the decode step: a CUDA-graph replay on CUDA, else `forward`
-        device = engine.device
         self.length = 0  # tokens fed so far; every stream advances in lockstep
-        self._start = torch.zeros(batch_size, dtype=torch.int32, device=device)
-        self._one = torch.ones(batch_size, dtype=torch.int32, device=device)
-        self._generation = engine._stream_generation
+        self._start = torch.zeros(batch_size, dtype=torch.int32, device=spec.device)
+        self._one = torch.ones(batch_size, dtype=torch.int32, device=spec.device)
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop these streams: the engine calls this when it opens new ones (one cache)."""
+        self._closed = True
 
     # --- the interface ---------------------------------------------------------------
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -48,15 +57,16 @@ class Streams:
         logits after position L-1."""
         self._check_open()
         tokens = self._as_tokens(tokens, (self.batch_size, None))
-        length = tokens.shape[1]
-        if not 1 <= length <= self.engine.config.n_positions:
-            raise EngineError(f"prefill length {length} must be in 1..{self.engine.config.n_positions}")
+        length, spec = tokens.shape[1], self.spec
+        if not 1 <= length <= spec.n_positions:
+            raise EngineError(f"prefill length {length} must be in 1..{spec.n_positions}")
         self._start.zero_()
-        for begin in range(0, length, self.engine.prefill_chunk):
-            chunk = tokens[:, begin : begin + self.engine.prefill_chunk]
+        for begin in range(0, length, spec.prefill_chunk):
+            chunk = tokens[:, begin : begin + spec.prefill_chunk]
             real = chunk.shape[1]
             padded = torch.nn.functional.pad(chunk, (0, self._bucket(real) - real))
-            logits = self._forward(padded, self._start, torch.full_like(self._one, real), begin == 0)
+            kv_len = self._bucket(begin + real, spec.n_positions)
+            logits = spec.forward(padded, self._start, torch.full_like(self._one, real), begin == 0, kv_len)
             self._start += real
         self.length = length
         return logits
@@ -68,25 +78,28 @@ class Streams:
         self._check_open()
         if self.length == 0:
             raise EngineError("step() before prefill(): every stream needs a context first")
-        if self.length >= self.engine.config.n_positions:
-            raise EngineError(f"the streams are full: all {self.engine.config.n_positions} positions are used")
+        if self.length >= self.spec.n_positions:
+            raise EngineError(f"the streams are full: all {self.spec.n_positions} positions are used")
         tokens = self._as_tokens(tokens, (self.batch_size,))
-        logits = self._decode(tokens[:, None], self._start, self._one)
+        logits = self.spec.decode(tokens[:, None], self._start, self._one, kv_len=self._bucket(self.length + 1, self.spec.n_positions))
         self._start += 1
         self.length += 1
         return logits
 
     # --- helpers ---------------------------------------------------------------------
-    def _bucket(self, length: int) -> int:
+    def _bucket(self, length: int, limit: int | None = None) -> int:
+        """The padded length of a prefill chunk (limit: `prefill_chunk`) or of the filled
+        cache (limit: none; a bound on the keys attention reads)."""
+        limit = self.spec.prefill_chunk if limit is None else limit
         if length > 256:  # fine steps for long prefills: gpt2m's 2452-token window pads to 2560
-            return min(-(-length // 256) * 256, self.engine.prefill_chunk)
+            return min(-(-length // 256) * 256, limit)
         bucket = 16
         while bucket < length:
             bucket *= 2
-        return min(bucket, self.engine.prefill_chunk)
+        return min(bucket, limit)
 
     def _check_open(self) -> None:
-        if self._generation != self.engine._stream_generation:
+        if self._closed:
             raise EngineError("these streams were closed: the engine opened new ones (one set at a time)")
 
     def _as_tokens(self, tokens: torch.Tensor, shape: tuple[int | None, ...]) -> torch.Tensor:
@@ -99,37 +112,6 @@ class Streams:
             raise EngineError(f"tokens must have shape [{want}], got {list(tokens.shape)}")
         if tokens.device.type == "cpu" and tokens.numel():
             low, high = int(tokens.min()), int(tokens.max())
-            if low < 0 or high >= self.engine.config.vocab_size:
-                raise EngineError(f"token values must be in 0..{self.engine.config.vocab_size - 1}, got {low}..{high}")
-        return tokens.to(device=self.engine.device, dtype=torch.int64)
-
-
-class CudaGraphStep:
-    """The decode step `[batch_size, 1]` captured once as a CUDA graph and replayed.
-
-    Inputs are copied into static buffers before each replay; the returned logits are a
-    copy, so callers may keep them across steps."""
-
-    def __init__(self, forward: ChunkFn, batch_size: int, device: torch.device) -> None:
-        self.tokens = torch.zeros(batch_size, 1, dtype=torch.int64, device=device)
-        self.start = torch.zeros(batch_size, dtype=torch.int32, device=device)
-        # Zero query lengths make warm-up and capture padding-only: nothing real is written.
-        # Replays read whatever the buffers hold then.
-        self.query_lens = torch.zeros(batch_size, dtype=torch.int32, device=device)
-        # Warm up (compiles, autotunes) on a side stream, as CUDA graph capture requires.
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                forward(self.tokens, self.start, self.query_lens)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = forward(self.tokens, self.start, self.query_lens)
-
-    def __call__(self, tokens: torch.Tensor, start: torch.Tensor, query_lens: torch.Tensor) -> torch.Tensor:
-        self.tokens.copy_(tokens)
-        self.start.copy_(start)
-        self.query_lens.copy_(query_lens)
-        self.graph.replay()
-        return self.logits.clone()
+            if low < 0 or high >= self.spec.vocab_size:
+                raise EngineError(f"token values must be in 0..{self.spec.vocab_size - 1}, got {low}..{high}")
+        return tokens.to(device=self.spec.device, dtype=torch.int64)

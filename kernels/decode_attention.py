@@ -22,11 +22,17 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import check_paged_attention
+from kernels._checks import LOG2_E, check_paged_attention
+from kernels._launch import Launch, run_launches
+from kernels.errors import KernelError
 
-LOG2_E = 1.4426950408889634
-# Tokens scored per loop iteration inside a split; capped so a K/V tile stays in registers.
-MAX_KV_TILE = 64
+
+def kv_tile(head_dim: int, split_size: int) -> int:
+    """Tokens scored per loop iteration inside a split, from the head dim and split size
+    only (never the batch). A [KV_TILE, head_dim] fp32 tile must stay in registers: 64
+    tokens for head_dim >= 64 (no spills, gpt2m), 32 below (64 x 32 in float32 spilled
+    8 bytes per thread on sm_86, as `kernels.aot` showed)."""
+    return min(64 if head_dim >= 64 else 32, triton.next_power_of_2(split_size))
 
 
 @triton.jit
@@ -140,6 +146,65 @@ def _decode_merge_kernel(
     tl.store(output_ptr + output_offsets, output.to(output_ptr.dtype.element_ty), mask=dim_mask)
 
 
+def plan_paged_decode_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    *,
+    scale: float,
+    split_size: int = 256,
+) -> tuple[torch.Tensor, list[Launch]]:
+    """Check the arguments, allocate output and scratch, return the output and the two launches."""
+    check_paged_attention(
+        query, "[B, H, D]", key_cache, value_cache, block_tables, context_lens=context_lens
+    )
+    batch, num_heads, head_dim = query.shape
+    block_size = key_cache.shape[1]
+    if split_size <= 0 or split_size % block_size:
+        raise KernelError(f"split_size ({split_size}) must be a positive multiple of the block size ({block_size})")
+
+    output = torch.empty_like(query)
+    # Fixed by shapes, not by context_lens values, so the grid never needs a host sync.
+    num_splits = max(1, triton.cdiv(block_tables.shape[1] * block_size, split_size))
+    if batch == 0:
+        return output, []
+    partial_out = torch.empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=query.device)
+    partial_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=query.device)
+    block_d = triton.next_power_of_2(head_dim)
+
+    split = Launch(
+        _decode_split_kernel,
+        (batch, num_heads, num_splits),
+        (
+            query, key_cache, value_cache, block_tables, context_lens, partial_out, partial_lse,
+            scale * LOG2_E,
+            query.stride(0), query.stride(1),
+            key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+            block_tables.stride(0),
+            num_heads, num_splits, head_dim,
+        ),
+        dict(
+            BLOCK_SIZE=block_size,
+            SPLIT_SIZE=split_size,
+            KV_TILE=kv_tile(head_dim, split_size),
+            BLOCK_D=block_d,
+        ),
+    )
+    merge = Launch(
+        _decode_merge_kernel,
+        (batch, num_heads),
+        (
+            partial_out, partial_lse, context_lens, output,
+            output.stride(0), output.stride(1),
+            num_heads, num_splits, head_dim,
+        ),
+        dict(SPLIT_SIZE=split_size, BLOCK_D=block_d),
+    )
+    return output, [split, merge]
+
+
 def paged_decode_attention(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -151,42 +216,10 @@ def paged_decode_attention(
     split_size: int = 256,
 ) -> torch.Tensor:
     """Attention of each sequence's newest query over its cached context. Returns [B, H, D]."""
-    check_paged_attention(
-        query, "[B, H, D]", key_cache, value_cache, block_tables, context_lens=context_lens
+    output, launches = plan_paged_decode_attention(
+        query, key_cache, value_cache, block_tables, context_lens, scale=scale, split_size=split_size
     )
-    batch, num_heads, head_dim = query.shape
-    block_size = key_cache.shape[1]
-    if split_size <= 0 or split_size % block_size:
-        raise ValueError(f"split_size ({split_size}) must be a positive multiple of the block size ({block_size})")
-
-    output = torch.empty_like(query)
-    # Fixed by shapes, not by context_lens values, so the grid never needs a host sync.
-    num_splits = max(1, triton.cdiv(block_tables.shape[1] * block_size, split_size))
-    if batch == 0:
-        return output
-    partial_out = torch.empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=query.device)
-    partial_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=query.device)
-    block_d = triton.next_power_of_2(head_dim)
-
-    _decode_split_kernel[(batch, num_heads, num_splits)](
-        query, key_cache, value_cache, block_tables, context_lens, partial_out, partial_lse,
-        scale * LOG2_E,
-        query.stride(0), query.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        block_tables.stride(0),
-        num_heads, num_splits, head_dim,
-        BLOCK_SIZE=block_size,
-        SPLIT_SIZE=split_size,
-        KV_TILE=min(MAX_KV_TILE, triton.next_power_of_2(split_size)),
-        BLOCK_D=block_d,
-    )
-    _decode_merge_kernel[(batch, num_heads)](
-        partial_out, partial_lse, context_lens, output,
-        output.stride(0), output.stride(1),
-        num_heads, num_splits, head_dim,
-        SPLIT_SIZE=split_size,
-        BLOCK_D=block_d,
-    )
+    run_launches(launches)
     return output
 
 

@@ -20,6 +20,8 @@ from kernels._checks import (
     check_same_device,
     check_same_dtype,
 )
+from kernels._launch import Launch, run_launches
+from kernels.errors import KernelError
 
 
 @triton.jit
@@ -64,23 +66,23 @@ def _write_kv_cache_kernel(
     tl.store(value_cache_ptr + destination, value.to(value_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def write_kv_cache(
+def plan_write_kv_cache(
     key: torch.Tensor,
     value: torch.Tensor,
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
-) -> None:
-    """Write key[n], value[n] into cache slot slot_mapping[n] (in place); negative slots are skipped."""
+) -> list[Launch]:
+    """Check the arguments and return the launch that writes the rows."""
     check_rank("key", key, 3, "[N, H, D]")
     check_rank("value", value, 3, "[N, H, D]")
     check_rank("key_cache", key_cache, 4, "[num_blocks, block_size, H, D]")
     check_rank("value_cache", value_cache, 4, "[num_blocks, block_size, H, D]")
     check_rank("slot_mapping", slot_mapping, 1, "[N]")
     if value.shape != key.shape:
-        raise ValueError(f"value shape {tuple(value.shape)} must equal key shape {tuple(key.shape)}")
+        raise KernelError(f"value shape {tuple(value.shape)} must equal key shape {tuple(key.shape)}")
     if value_cache.shape != key_cache.shape:
-        raise ValueError(
+        raise KernelError(
             f"value_cache shape {tuple(value_cache.shape)} must equal key_cache shape {tuple(key_cache.shape)}"
         )
     num_tokens, num_heads, head_dim = key.shape
@@ -97,9 +99,8 @@ def write_kv_cache(
         key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping
     )
     if num_tokens == 0:
-        return
-
-    _write_kv_cache_kernel[(num_tokens,)](
+        return []
+    args = (
         key,
         value,
         key_cache,
@@ -112,10 +113,24 @@ def write_kv_cache(
         key_cache.stride(2),
         num_heads,
         head_dim,
+    )
+    constexprs = dict(
         BLOCK_SIZE=key_cache.shape[1],
         BLOCK_H=triton.next_power_of_2(num_heads),
         BLOCK_D=triton.next_power_of_2(head_dim),
     )
+    return [Launch(_write_kv_cache_kernel, (num_tokens,), args, constexprs)]
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write key[n], value[n] into cache slot slot_mapping[n] (in place); negative slots are skipped."""
+    run_launches(plan_write_kv_cache(key, value, key_cache, value_cache, slot_mapping))
 
 
 def write_kv_cache_reference(

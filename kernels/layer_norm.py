@@ -21,6 +21,7 @@ from kernels._checks import (
     check_same_device,
     check_same_dtype,
 )
+from kernels._launch import Launch, run_launches
 
 
 @triton.jit
@@ -49,8 +50,10 @@ def _layer_norm_kernel(
     tl.store(output_ptr + row_start + cols, output.to(output_ptr.dtype.element_ty), mask=mask)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm of each row of x: (x - mean) / sqrt(var + eps) * weight + bias."""
+def plan_layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, list[Launch]]:
+    """Check the arguments, allocate the output and return it with the launch that fills it."""
     check_rank("x", x, 2, "[M, N]")
     check_rank("weight", weight, 1, "[N]")
     check_rank("bias", bias, 1, "[N]")
@@ -64,10 +67,16 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
 
     output = torch.empty_like(x)
     if output.numel() == 0:
-        return output
-    _layer_norm_kernel[(num_rows,)](
-        x, weight, bias, output, num_features, x.stride(0), eps, BLOCK_N=triton.next_power_of_2(num_features)
-    )
+        return output, []
+    args = (x, weight, bias, output, num_features, x.stride(0), eps)
+    constexprs = dict(BLOCK_N=triton.next_power_of_2(num_features))
+    return output, [Launch(_layer_norm_kernel, (num_rows,), args, constexprs)]
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm of each row of x: (x - mean) / sqrt(var + eps) * weight + bias."""
+    output, launches = plan_layer_norm(x, weight, bias, eps)
+    run_launches(launches)
     return output
 
 

@@ -10,12 +10,19 @@ Layouts:
 One kernel serves every projection of the model: QKV (bias), attention output and MLP
 c_proj (bias + residual), MLP c_fc (bias + gelu_tanh) and lm_head (no bias).
 
-Batch invariance: the tile shape is one fixed configuration for every M (no split-K, no
-autotuning keyed on M), so each output row is reduced over K in the same order with the
-same instructions whatever the other rows are. A row's result is therefore bit-identical
-whether it is computed alone, in a large batch or next to padding rows. BLOCK_M = 64
-keeps weight reuse reasonable for prefill; for a one-token decode the idle tensor-core
-rows cost nothing because the weight stream, not the math, bounds the time.
+Batch invariance: the tiles depend on N and the dtype only (no split-K, no autotuning,
+nothing keyed on M), and `num_rows` is not specialised by the JIT (M=1 would otherwise
+become a compile-time constant and compile a different binary), so each output row is
+reduced over K in the same order by the same machine code whatever the other rows are.
+A row's result is therefore bit-identical whether it is computed alone, in a large batch
+or next to padding rows.
+
+Tiles: BLOCK_M = 64 keeps weight reuse reasonable for prefill; for a one-token decode the
+idle tensor-core rows cost nothing because the weight stream, not the math, bounds the
+time. A decode step (M=1) runs cdiv(N, BLOCK_N) programs, and only that many SMs pull
+weights: BLOCK_N = 32 gives 32 programs for N = 1024 on a 132-SM H200. So BLOCK_N is 16
+(the smallest tl.dot side) unless 32 still gives at least MIN_PROGRAMS programs; prefill,
+with cdiv(M, 64) row tiles, has programs to spare either way.
 """
 import math
 
@@ -33,14 +40,22 @@ from kernels._checks import (
     check_same_dtype,
     dot_precision,
 )
+from kernels._launch import Launch, run_launches
+from kernels.errors import KernelError
 
 BLOCK_M = 64
-BLOCK_N = 32
 BLOCK_K = 64
+# About the SM count of the GPUs this targets (H100/H200: 132, RTX 3090: 82).
+MIN_PROGRAMS = 128
 ACTIVATIONS = (None, "gelu_tanh")
 
 
-@triton.jit
+def block_n(out_features: int) -> int:
+    """Output-column tile: 32 where that still fills MIN_PROGRAMS programs at M=1, else 16."""
+    return 32 if triton.cdiv(out_features, 32) >= MIN_PROGRAMS else 16
+
+
+@triton.jit(do_not_specialize=["num_rows"])
 def _fused_linear_kernel(
     x_ptr,
     weight_ptr,
@@ -92,22 +107,22 @@ def _fused_linear_kernel(
     tl.store(output_ptr + output_offsets, accumulator.to(output_ptr.dtype.element_ty), mask=tile_mask)
 
 
-def fused_linear(
+def plan_fused_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
     activation: str | None = None,
     residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """act(x @ weight.T + bias) + residual, returned as a new [M, N] tensor in x's dtype."""
+) -> tuple[torch.Tensor, list[Launch]]:
+    """Check the arguments, allocate the [M, N] output and return it with the launch that fills it."""
     check_rank("x", x, 2, "[M, K]")
     check_rank("weight", weight, 2, "[N, K]")
     num_rows, in_features = x.shape
     out_features = weight.shape[0]
     check_dim("weight", weight, 1, in_features, "x.shape[1], the input features")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        raise KernelError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     check_dtype("x", x, FLOAT_DTYPES)
     optional = {}
     if bias is not None:
@@ -125,9 +140,9 @@ def fused_linear(
 
     output = torch.empty((num_rows, out_features), dtype=x.dtype, device=x.device)
     if output.numel() == 0:
-        return output
-    grid = (triton.cdiv(num_rows, BLOCK_M), triton.cdiv(out_features, BLOCK_N))
-    _fused_linear_kernel[grid](
+        return output, []
+    tile_n = block_n(out_features)
+    args = (
         x,
         weight,
         # Unused pointers (flag False) still need a tensor argument; the output stands in.
@@ -140,27 +155,32 @@ def fused_linear(
         x.stride(0),
         weight.stride(0),
         output.stride(0),
+    )
+    constexprs = dict(
         HAS_BIAS=bias is not None,
         ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None,
         BLOCK_M=BLOCK_M,
-        BLOCK_N=BLOCK_N,
+        BLOCK_N=tile_n,
         BLOCK_K=BLOCK_K,
         DOT_PRECISION=dot_precision(x.dtype),
     )
-    return output
+    grid = (triton.cdiv(num_rows, BLOCK_M), triton.cdiv(out_features, tile_n))
+    return output, [Launch(_fused_linear_kernel, grid, args, constexprs)]
 
 
-def mlp_fc_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """GPT-2 MLP c_fc: gelu_tanh(x @ weight.T + bias)."""
-    return fused_linear(x, weight, bias, activation="gelu_tanh")
-
-
-def mlp_proj_residual(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor
+def fused_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """GPT-2 MLP c_proj: x @ weight.T + bias + residual (the residual add fused in)."""
-    return fused_linear(x, weight, bias, residual=residual)
+    """act(x @ weight.T + bias) + residual, returned as a new [M, N] tensor in x's dtype."""
+    output, launches = plan_fused_linear(x, weight, bias, activation=activation, residual=residual)
+    run_launches(launches)
+    return output
 
 
 def gelu_tanh_reference(x: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.errors import KernelError
+
 
 @dataclass
-class PagedKVCache:
+class ShuffledKVCache:
+    """A test cache of one layer (not the engine's `engine.kv_cache.PagedKVCache` pool)."""
+
     key_cache: torch.Tensor  # [num_blocks, block_size, H, D]
     value_cache: torch.Tensor  # [num_blocks, block_size, H, D]
     block_tables: torch.Tensor  # [B, max_blocks] int32
@@ -26,17 +30,17 @@ def build_paged_kv_cache(
     max_blocks: int,
     spare_blocks: int = 2,
     generator: torch.Generator | None = None,
-) -> PagedKVCache:
+) -> ShuffledKVCache:
     """Scatter per-sequence keys/values ([L_b, H, D] each) into a shuffled paged cache.
 
     The cache has room for every sequence plus `spare_blocks` blocks nobody owns;
     `max_blocks` is the block-table width and must cover the longest sequence.
     """
     if len(keys) != len(values):
-        raise ValueError(f"got {len(keys)} key tensors but {len(values)} value tensors")
+        raise KernelError(f"got {len(keys)} key tensors but {len(values)} value tensors")
     needed = [-(-key.shape[0] // block_size) for key in keys]
     if max(needed, default=0) > max_blocks:
-        raise ValueError(f"max_blocks={max_blocks} cannot hold a sequence needing {max(needed)} blocks")
+        raise KernelError(f"max_blocks={max_blocks} cannot hold a sequence needing {max(needed)} blocks")
     template = keys[0]
     _, num_heads, head_dim = template.shape
     num_blocks = sum(needed) + spare_blocks
@@ -54,4 +58,4 @@ def build_paged_kv_cache(
             block, offset = owned[position // block_size], position % block_size
             key_cache[block, offset] = key[position]
             value_cache[block, offset] = value[position]
-    return PagedKVCache(key_cache, value_cache, block_tables.contiguous())
+    return ShuffledKVCache(key_cache, value_cache, block_tables.contiguous())

@@ -1,7 +1,7 @@
 """The commaVQ world model: configuration, the reference PyTorch model, checkpoints."""
 from .checkpoint import DEFAULT_MODEL_DIR, convert_bin_to_safetensors, hf_state_dict, load_pretrained, save_pretrained
 from .config import GPTConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError
 from .fingerprint import fingerprint
 from .gpt import GPT
 
@@ -10,6 +10,7 @@ __all__ = [
     "GPT",
     "GPTConfig",
     "CheckpointError",
+    "DataError",
     "load_pretrained",
     "save_pretrained",
     "hf_state_dict",

@@ -19,31 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-FRAME_TOKENS = 128
-FRAME_GRID = (8, 16)
-TOKEN_VALUES = 1024  # ids 0..1023; the model's BOS (1024) never appears in data
+from .errors import DataError
+from .tokens import FRAME_TOKENS, TOKEN_VALUES, frame_tokens  # noqa: F401  (models.train imports these from here)
+
 SHARD_SUFFIX = ".tar.gz"
-
-
-class DataError(ValueError):
-    """A data file that is not a valid token segment; the message names the file."""
 
 
 def as_frame_tokens(array: np.ndarray, source: str) -> np.ndarray:
     """Check `array` is a segment of token ids and return it as `(T, 128)` int64."""
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[1:] == FRAME_GRID:
-        array = array.reshape(array.shape[0], FRAME_TOKENS)
-    if array.ndim != 2 or array.shape[1] != FRAME_TOKENS or array.shape[0] == 0:
-        raise DataError(
-            f"{source}: expected tokens shaped (T, 8, 16) or (T, 128) with T > 0, got {array.shape}"
-        )
-    if not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"{source}: expected integer token ids, got dtype {array.dtype}")
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high >= TOKEN_VALUES:
-        raise DataError(f"{source}: token ids must lie in 0..{TOKEN_VALUES - 1}, found {low}..{high}")
-    return array.astype(np.int64)
+    return frame_tokens(np.asarray(array), DataError, source, min_frames=1)
 
 
 def _checked(array: np.ndarray, source: str, as_stored: bool) -> np.ndarray:

@@ -4,7 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import stat
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +101,7 @@ def test_refuses_compressed_bytes_to_a_terminal(npy, engine_args, monkeypatch, c
 def test_failures_leave_no_output(npy, tmp_path, engine_args, decode_args):
     (tmp_path / "bad.npy").write_bytes(b"not an array")
     out = tmp_path / "out"
-    assert main(["encode", str(npy), str(tmp_path / "bad.npy"), str(out), *engine_args]) == 1
+    assert main(["encode", str(npy), str(tmp_path / "bad.npy"), f"{out}/", *engine_args]) == 1
     assert not out.exists()
     corrupt = tmp_path / "c.npy.cvq"
     corrupt.write_bytes(b"\xfeCVQ garbage")
@@ -113,9 +115,9 @@ def test_a_directory_goes_to_an_output_directory(tmp_path, engine_args, decode_a
     rng = np.random.default_rng(1)
     for name, shape, dtype in (("x", (1, 128), np.int64), ("y", (2, 8, 16), np.uint16)):
         np.save(source / f"{name}.npy", rng.integers(0, 1024, size=shape).astype(dtype))
-    assert main(["encode", str(source), str(packed), *engine_args]) == 0
+    assert main(["encode", str(source), f"{packed}/", *engine_args]) == 0
     assert sorted(p.name for p in packed.iterdir()) == ["x.npy.cvq", "y.npy.cvq"]
-    assert main(["decode", *map(str, sorted(packed.iterdir())), str(restored), *decode_args]) == 0
+    assert main(["decode", *map(str, sorted(packed.iterdir())), f"{restored}/", *decode_args]) == 0
     for name in ("x.npy", "y.npy"):
         assert (restored / name).read_bytes() == (source / name).read_bytes()
 
@@ -136,9 +138,152 @@ def test_dataset_shard_gives_one_file_per_segment_key(tmp_path, engine_args, dec
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     out = tmp_path / "out"
-    assert main(["encode", "--dataset", str(shard), str(out), "--batch", "4", *engine_args]) == 0
+    assert main(["encode", "--dataset", str(shard), f"{out}/", "--batch", "4", *engine_args]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{key}.npy.cvq" for key in segments)
-    assert main(["decode", str(out), str(tmp_path / "restored"), *decode_args]) == 0
+    assert main(["decode", str(out), f"{tmp_path / 'restored'}/", *decode_args]) == 0
     for key, tokens in segments.items():
         restored = np.load(tmp_path / "restored" / f"{key}.npy")  # the array as stored in the shard
         assert restored.dtype == tokens.dtype and restored.shape == tokens.shape and (restored == tokens).all()
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the engine is loaded: bad options must be refused before."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("compress.cli.Engine.from_pretrained", refuse)
+    monkeypatch.setattr("compress.cli.engine_for", refuse)
+
+
+def one_line_error(capsys, match: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err and ".tmp" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("option, match", [
+    (["--threads", "100000"], "--threads must be 1..512"), (["--threads", "0"], "--threads must be 1..512"),
+    (["--batch", "65"], "--batch must be 1..64"), (["--batch", "0"], "--batch must be 1..64"),
+    (["--device", "tpu"], "not a torch device: 'tpu'"), (["--device", "meta"], "not supported"),
+])
+def test_bad_options_are_refused_before_the_model_loads(npy, engine_args, no_model, capsys, option, match):
+    assert main(["encode", str(npy), str(npy.parent / "o.cvq"), *engine_args, *option]) == 1
+    one_line_error(capsys, match)
+    assert not (npy.parent / "o.cvq").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_cuda_on_a_cpu_only_torch_is_one_line(npy, engine_args, no_model, capsys):
+    assert main(["encode", str(npy), str(npy.parent / "o.cvq"), *engine_args, "--device", "cuda"]) == 1
+    one_line_error(capsys, "CUDA")
+
+
+def test_decode_batch_is_bounded(npy, decode_args, no_model, capsys):
+    assert main(["decode", str(npy), str(npy.parent / "o.npy"), *decode_args, "--batch", "100000"]) == 1
+    one_line_error(capsys, "--batch must be 1..64")
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"0,1,2\n3,4,5\n", "not a .npy file"),
+    (b"\x93NUMPY\x01\x00v\x00{'descr': '<i2', 'fortran_order': False, 'shape': (1000000000, 8, 16), }" + b" " * 49
+     + b"\n", "the .npy header says (1000000000, 8, 16)"),
+])
+def test_bad_npy_inputs_fail_in_one_line_before_the_model(tmp_path, engine_args, no_model, capsys, content, match):
+    (tmp_path / "in.npy").write_bytes(content)
+    start = time.perf_counter()
+    assert main(["encode", str(tmp_path / "in.npy"), str(tmp_path / "o.cvq"), *engine_args]) == 1
+    assert time.perf_counter() - start < 0.5
+    one_line_error(capsys, match)
+
+
+def test_uint64_ids_are_reported_as_they_are(tmp_path, engine_args, no_model, capsys):
+    np.save(tmp_path / "in.npy", np.full((1, 128), 2**63, np.uint64))
+    assert main(["encode", str(tmp_path / "in.npy"), str(tmp_path / "o.cvq"), *engine_args]) == 1
+    one_line_error(capsys, "9223372036854775808..9223372036854775808")
+
+
+def test_several_inputs_never_create_a_directory_named_like_a_file(npy, tmp_path, engine_args, no_model, capsys):
+    other = tmp_path / "b.npy"
+    other.write_bytes(npy.read_bytes())
+    assert main(["encode", str(npy), str(other), str(tmp_path / "c.cvq"), *engine_args]) == 1
+    one_line_error(capsys, "not a directory")
+    assert main(["encode", str(npy), str(tmp_path / "missing" / "a.cvq"), *engine_args]) == 1
+    one_line_error(capsys, "no such directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.npy"]
+
+
+def test_an_unwritable_output_fails_before_the_coding_work(npy, tmp_path, engine_args, no_model, capsys):
+    if os.geteuid() == 0:
+        target = "/sys/a.npy.cvq"  # root may write anywhere but in sysfs
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = str(tmp_path / "ro" / "a.npy.cvq")
+    assert main(["encode", str(npy), target, *engine_args]) == 1
+    one_line_error(capsys, f"Permission denied: '{target}'")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_force_writes_through_a_device_and_never_replaces_it(npy, engine_args, capsys):
+    null = npy.parent / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    assert main(["encode", str(npy), str(null), *engine_args]) == 1  # exists: -f needed
+    one_line_error(capsys, "already exists")
+    assert main(["encode", "-f", str(npy), str(null), *engine_args]) == 0
+    assert stat.S_ISCHR(os.stat(null).st_mode)
+
+
+def test_a_directory_with_different_numerics_decodes_and_tests(tmp_path, npy, engine_args, decode_args, capsys):
+    packed = tmp_path / "enc"
+    packed.mkdir()
+    other = tmp_path / "b.npy"
+    np.save(other, np.random.default_rng(2).integers(0, 1024, size=(1, 128)).astype(np.int16))
+    assert main(["encode", str(npy), str(packed / "a.npy.cvq"), *engine_args]) == 0
+    assert main(["encode", str(other), str(packed / "b.npy.cvq"), *engine_args, "--threads", "2"]) == 0
+    assert main(["decode", str(packed), f"{tmp_path / 'dec'}/", *decode_args]) == 0
+    for source in (npy, other):
+        assert (tmp_path / "dec" / source.name).read_bytes() == source.read_bytes()
+    assert main(["test", str(packed / "a.npy.cvq"), str(packed / "b.npy.cvq"), *decode_args[:-1]]) == 0
+    assert capsys.readouterr().out.count(": OK") == 2
+
+
+@pytest.mark.parametrize("version", [(2, 0), (3, 0)])
+def test_npy_format_2_and_3_come_back_byte_identical(tmp_path, engine_args, decode_args, version):
+    source = tmp_path / "v.npy"
+    with open(source, "wb") as file:
+        np.lib.format.write_array(file, np.random.default_rng(3).integers(0, 1024, size=(1, 8, 16)).astype("<i2"),
+                                  version=version)
+    assert main(["encode", str(source), str(tmp_path / "v.cvq"), *engine_args]) == 0
+    assert main(["decode", str(tmp_path / "v.cvq"), str(tmp_path / "r.npy"), *decode_args]) == 0
+    assert (tmp_path / "r.npy").read_bytes() == source.read_bytes()
+
+
+def test_lone_inputs_are_named_like_zstd_and_encode_ends_with_a_summary(npy, engine_args, decode_args, capsys):
+    assert main(["encode", str(npy), *engine_args[:-1]]) == 0  # not quiet
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "encoded 1 file(s), 256 tokens in" in summary and "bits/token" in summary and "tokens/s" in summary
+    packed = npy.with_name("a.npy.cvq")
+    original = npy.read_bytes()
+    assert main(["decode", str(packed), *decode_args]) == 1  # a.npy exists: -f needed
+    one_line_error(capsys, "already exists")
+    npy.unlink()
+    assert main(["decode", str(packed), *decode_args]) == 0 and npy.read_bytes() == original
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: auto)", "threads, 1..512 (default: 1)", "(default: 1, best rate)", "(default: 8)"):
+        assert default in text
+
+
+def test_info_into_a_closed_pipe_is_quiet(npy, engine_args):
+    packed = npy.with_name("a.npy.cvq")
+    assert main(["encode", str(npy), str(packed), *engine_args]) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "compress", "info", *[str(packed)] * 200],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.close()  # `| head -0`: the reader is gone before the first write
+    assert process.stderr.read() == b""
+    assert process.wait() == 1

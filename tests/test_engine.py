@@ -29,7 +29,7 @@ def reference_greedy(model: models.GPT, frames: np.ndarray, n: int) -> np.ndarra
     bos = config.bos_token_id
     history = [list(map(int, f)) for f in frames.reshape(-1, config.frame_tokens)]
     for _ in range(n):
-        context = history[len(history) - (config.frames_per_window - 1) :] if history else []
+        context = history[max(len(history) - (config.frames_per_window - 1), 0) :]
         sequence = [t for frame in context for t in [bos, *frame]] + [bos]
         new = []
         for _ in range(config.frame_tokens):
@@ -225,7 +225,7 @@ def test_bfloat16_engine_tracks_float32(model: models.GPT) -> None:
 
 
 def test_from_pretrained_picks_the_fast_dtype(model: models.GPT, tmp_path) -> None:
-    from engine.engine import fast_dtype
+    from engine import fast_dtype
 
     models.save_pretrained(model, tmp_path)
     engine = Engine.from_pretrained(tmp_path, device="cpu", compile=False, max_batch=1)

@@ -47,3 +47,86 @@ def test_errors_are_one_line(tmp_path: Path, model_dir: Path) -> None:
         result = imagine(str(tmp_path / "out.npy"), "-n", "1", "--no-compile", *(["--model", str(model_dir)] if "--model" not in args else []), *args)
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "out.npy").exists()
+
+
+# --- checked before the model loads: main(argv) in-process, one line each ------------------
+
+
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    from engine.__main__ import main
+
+    code = main(["imagine", *args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return code, err
+
+
+def npy_header_only(path: Path, shape: tuple[int, ...]) -> Path:
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "<i2", "fortran_order": False, "shape": shape})
+    return path
+
+
+def test_bad_context_files_fail_before_the_model_loads(tmp_path: Path, capsys) -> None:
+    huge = npy_header_only(tmp_path / "huge.npy", (10**12 // 128, 128))  # 10^12 elements, no data
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.npy"
+    text.write_text("hello\n")
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((2, 100), np.int16))
+    missing_model = str(tmp_path / "no-model")  # loading it would fail: it must not be reached
+    for context, reason in ((huge, "huge.npy"), (empty, "empty.npy"), (text, "text.npy"), (wrong, "(T, 8, 16)")):
+        code, err = run_main(capsys, str(tmp_path / "out.npy"), "-n", "1", "--context", str(context), "--model", missing_model)
+        assert code == 1 and reason in err and "no-model" not in err
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_output_checks(tmp_path: Path, capsys, monkeypatch) -> None:
+    code, err = run_main(capsys, str(tmp_path / "missing" / "out.npy"), "-n", "1")
+    assert code == 1 and "does not exist" in err and not (tmp_path / "missing").exists()
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, err = run_main(capsys, "-", "-n", "1")
+    assert code == 1 and "terminal" in err
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu", "nonsense:x"])
+def test_unusable_devices_are_one_line(tmp_path: Path, capsys, device: str) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = run_main(capsys, str(tmp_path / "out.npy"), "-n", "1", "--device", device)
+    assert code == 1 and "device" in err
+
+
+def test_help_shows_defaults_and_what_compile_changes(capsys) -> None:
+    from engine.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["imagine", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "torch CPU threads (default: 1)" in text and "changes the dream" in text and "temperature" in text
+
+
+# --- the process as a user runs it ---------------------------------------------------------
+
+
+def test_dash_writes_to_stdout(model_dir: Path) -> None:
+    import io
+
+    result = subprocess.run([sys.executable, "-m", "engine", "imagine", "-", "-n", "1", "--seed", "1", "--model", str(model_dir)],
+                            capture_output=True)
+    assert result.returncode == 0, result.stderr
+    frames = np.load(io.BytesIO(result.stdout))
+    assert frames.shape == (1, 8, 16) and not Path("-").exists()
+
+
+def test_ctrl_c_during_startup_is_one_line() -> None:
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "engine", "imagine", "-", "-n", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # past interpreter start-up, while torch is importing
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and err == "python -m engine: interrupted\n", err

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import paged_decode_attention, paged_decode_attention_reference
+from kernels import KernelError, paged_decode_attention, paged_decode_attention_reference
 from kernels.testing import build_paged_kv_cache
 
 HEAD_DIMS = [16, 24, 32, 64]
@@ -137,12 +137,12 @@ def _valid_args() -> dict:
 def test_rejects_bad_arguments(name: str, corrupt, message: str) -> None:
     args = _valid_args()
     args[name] = corrupt(args[name])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(KernelError, match=message):
         paged_decode_attention(**args, scale=0.25)
 
 
 def test_rejects_split_size_not_multiple_of_block_size() -> None:
-    with pytest.raises(ValueError, match="multiple of the block size"):
+    with pytest.raises(KernelError, match="multiple of the block size"):
         paged_decode_attention(**_valid_args(), scale=0.25, split_size=6)
 
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import write_kv_cache, write_kv_cache_reference
+from kernels import KernelError, write_kv_cache, write_kv_cache_reference
 
 
 @st.composite
@@ -88,7 +88,7 @@ def _valid_args() -> dict:
 def test_rejects_bad_arguments(name: str, corrupt, message: str) -> None:
     args = _valid_args()
     args[name] = corrupt(args[name])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(KernelError, match=message):
         write_kv_cache(**args)
 
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import layer_norm, layer_norm_reference
+from kernels import KernelError, layer_norm, layer_norm_reference
 
 
 def make_inputs(
@@ -47,7 +47,7 @@ def test_batch_invariant() -> None:
 def test_rejects_bad_arguments(name: str, corrupt, message: str) -> None:
     args = dict(zip(("x", "weight", "bias"), make_inputs(4, 32, seed=0)))
     args[name] = corrupt(args[name])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(KernelError, match=message):
         layer_norm(**args, eps=1e-5)
 
 

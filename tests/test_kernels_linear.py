@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import fused_linear, fused_linear_reference, mlp_fc_gelu, mlp_proj_residual
-from kernels.linear import gelu_tanh_reference
+from kernels import KernelError, fused_linear, fused_linear_reference
+from kernels.linear import MIN_PROGRAMS, gelu_tanh_reference, plan_fused_linear
 
 
 def make_inputs(
@@ -45,22 +45,6 @@ def test_matches_reference(rows, in_features, out_features, use_bias, activation
     )
 
 
-def test_named_mlp_wrappers() -> None:
-    x, weight, bias, residual = make_inputs(5, 48, 40, seed=1)
-    torch.testing.assert_close(
-        mlp_fc_gelu(x, weight, bias),
-        fused_linear_reference(x, weight, bias, activation="gelu_tanh"),
-        atol=1e-5,
-        rtol=0,
-    )
-    torch.testing.assert_close(
-        mlp_proj_residual(x, weight, bias, residual),
-        fused_linear_reference(x, weight, bias, residual=residual),
-        atol=1e-5,
-        rtol=0,
-    )
-
-
 def test_gelu_reference_is_torch_tanh_gelu() -> None:
     points = torch.linspace(-12, 12, 2001)
     expected = torch.nn.functional.gelu(points, approximate="tanh")
@@ -86,6 +70,21 @@ def test_row_bit_identical_across_batch_sizes(batch_rows: int, activation: str |
         assert torch.equal(alone[0], batched[row]), f"row {row} of {batch_rows} differs from its M=1 result"
 
 
+@pytest.mark.parametrize(("out_features", "tile"), [(1024, 16), (1025, 16), (3072, 16), (4096, 32), (512, 16)])
+def test_tiles_come_from_n_not_m(out_features: int, tile: int) -> None:
+    """The launch for M=1 and for a prefill chunk differ only in the grid's row count; the
+    tile fills at least MIN_PROGRAMS programs at M=1 where a 16-wide tile can."""
+    constexprs = []
+    for rows in (1, 8, 2560):
+        x = torch.empty(rows, 1024, dtype=torch.bfloat16, device="meta")
+        weight = torch.empty(out_features, 1024, dtype=torch.bfloat16, device="meta")
+        _, [launch] = plan_fused_linear(x, weight, activation="gelu_tanh")
+        constexprs.append(launch.constexprs)
+        assert launch.grid == (-(-rows // 64), -(-out_features // tile))
+    assert constexprs[0] == constexprs[1] == constexprs[2] and constexprs[0]["BLOCK_N"] == tile
+    assert -(-out_features // tile) >= min(MIN_PROGRAMS, -(-out_features // 16))
+
+
 def _valid_args() -> dict:
     x, weight, bias, residual = make_inputs(3, 16, 8, seed=0)
     return dict(x=x, weight=weight, bias=bias, residual=residual)
@@ -107,12 +106,12 @@ def _valid_args() -> dict:
 def test_rejects_bad_arguments(name: str, corrupt, message: str) -> None:
     args = _valid_args()
     args[name] = corrupt(args[name])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(KernelError, match=message):
         fused_linear(args.pop("x"), args.pop("weight"), **args)
 
 
 def test_rejects_unknown_activation() -> None:
-    with pytest.raises(ValueError, match="activation must be one of"):
+    with pytest.raises(KernelError, match="activation must be one of"):
         fused_linear(*make_inputs(2, 8, 8, seed=0)[:2], activation="relu")
 
 

@@ -6,7 +6,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import paged_decode_attention, paged_prefill_attention, paged_prefill_attention_reference
+from kernels import (
+    KernelError,
+    paged_decode_attention,
+    paged_prefill_attention,
+    paged_prefill_attention_reference,
+)
+from kernels.prefill_attention import plan_paged_prefill_attention
 from kernels.testing import build_paged_kv_cache
 
 
@@ -94,6 +100,33 @@ def test_single_query_chunk_agrees_with_decode() -> None:
     torch.testing.assert_close(prefill[:, 0], decode, atol=1e-5, rtol=1e-5)
 
 
+def test_rows_bit_identical_across_batch_sizes() -> None:
+    """A sequence's output alone equals its output next to other sequences (float32 tiles)."""
+    inputs = make_inputs([0, 21, 5], [40, 17, 33], 40, 2, 64, 8, seed=3)
+    query, key_cache, value_cache, block_tables, prefix_lens, query_lens = inputs
+    batched = paged_prefill_attention(*inputs, scale=0.125)
+    for b in range(3):
+        alone = paged_prefill_attention(
+            query[b : b + 1], key_cache, value_cache, block_tables[b : b + 1].contiguous(),
+            prefix_lens[b : b + 1], query_lens[b : b + 1], scale=0.125,
+        )
+        assert torch.equal(alone[0], batched[b]), f"sequence {b} differs alone"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiles_come_from_the_dtype_not_the_batch(dtype: torch.dtype) -> None:
+    plans = []
+    for batch, chunk in ((1, 2560), (8, 2560), (3, 17)):
+        cache = torch.empty(100, 16, 16, 64, dtype=dtype, device="meta")
+        lengths = torch.empty(batch, dtype=torch.int32, device="meta")
+        tables = torch.empty(batch, 7, dtype=torch.int32, device="meta")
+        query = torch.empty(batch, chunk, 16, 64, dtype=dtype, device="meta")
+        _, [launch] = plan_paged_prefill_attention(query, cache, cache, tables, lengths, lengths, scale=0.125)
+        plans.append(launch.constexprs)
+    assert plans[0] == plans[1] == plans[2]
+    assert (plans[0]["BLOCK_Q"], plans[0]["BLOCK_KV"]) == ((16, 64) if dtype == torch.float32 else (64, 64))
+
+
 def _valid_args() -> dict:
     names = ("query", "key_cache", "value_cache", "block_tables", "prefix_lens", "query_lens")
     return dict(zip(names, make_inputs([4, 9], [3, 2], 3, 2, 16, 4)))
@@ -114,7 +147,7 @@ def _valid_args() -> dict:
 def test_rejects_bad_arguments(name: str, corrupt, message: str) -> None:
     args = _valid_args()
     args[name] = corrupt(args[name])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(KernelError, match=message):
         paged_prefill_attention(**args, scale=0.25)
 
 

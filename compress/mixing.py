@@ -1,0 +1,261 @@
+"""Adaptive context mixing: the model's table mixed with counts learned while coding.
+
+Each lane counts, over the frames it has coded so far, how often each symbol followed each
+context symbol, for a few contexts k (`CONTEXTS`: e.g. the token at the same cell of the
+previous frame, or the cell itself). For a token, with M the model's table and c_k, n_k the
+counts of its contexts, the coded distribution is the linear mixture
+
+    P = w_0 M + sum_k w_k Q_k,   Q_k(s) = (c_k(s) + prior M(s)) / (n_k + prior),
+
+each Q_k the counts smoothed towards the model. The weights are a softmax of learned
+logits, v_0 = 0 for the model and v_k[set] for context k, the set chosen by how often the
+context was seen (log2 buckets of n_k); a context never seen gets no weight. The logits
+learn online by gradient ascent on log P.
+
+Exactness: the table is built in int64 from per-position integer coefficients, and all
+learning runs in fixed point with integer sums. The few float64 values are elementwise
+IEEE basic operations (+ - * /) in a fixed order, so every machine gets the same bits;
+exp comes from a table built by repeated multiplication, never from libm.
+
+Counts and weights are updated once per frame, so the encoder mixes a whole frame at once
+(`predict_frame`) and the decoder token by token (`predict` + `observe`) with bit-identical
+tables; each then calls `end_frame`. Lanes are independent: a lane's tables depend only on
+its own frames, whatever other lanes share the call (`rows` names the lanes of a call).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .coder import TOTAL  # the coder's contract: tables sum to TOTAL, every symbol >= 1
+from .errors import CompressError
+
+SYMBOLS = 1024  # real token ids (BOS is never coded)
+FRAME = 128
+WIDTH = 16  # cells per row of the 8x16 grid
+UNIT = TOTAL - SYMBOLS  # mass left once every symbol has its 1
+SHIFT = 20  # fixed-point bits of the mixing coefficients; keeps every sum < 2**46
+V_BITS = 16  # fixed-point bits of the learned logits v
+V_LIMIT = 12 << V_BITS  # |v| <= 12
+TABLE_STEP = 8  # the exp table has one entry per 2**-8 of v
+E_STEP = 0.9961013694701175  # exp(-2**-8), the ratio between consecutive table entries
+# The token at the same cell in frame t-1 or t-2; above or left of the cell in the frame being
+# coded (decoded before it in raster order); or the cell's own index (its rows: 128).
+CONTEXTS = ("prev", "prev2", "above", "left", "cell")
+
+
+def _exp_table() -> np.ndarray:
+    """exp(j / 256) for j = -12*256..12*256, by repeated multiplication (correctly rounded
+    Python floats in a fixed order), so it is the same on every machine."""
+    decay = [1.0]
+    for _ in range(V_LIMIT >> TABLE_STEP):
+        decay.append(decay[-1] * E_STEP)
+    negative = np.array(decay)
+    return np.concatenate([negative[::-1], 1.0 / negative[1:]])
+
+
+EXP = _exp_table()
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    # Defaults chosen on the validation split (bench/mixing.py): the last 15% of the training
+    # minute, alone and after the rest of the minute, and the four 8-frame clips.
+    contexts: tuple[str, ...] = ("prev", "prev2", "cell")
+    prior: float = 16.0  # pseudo-count of the model inside each Q_k
+    lr: int = 1  # logit step: v += (lr * sum of gradients) >> lr_shift, in 2**-16 units
+    lr_shift: int = 2
+    buckets: int = 16  # logit sets per context: floor(log2(n + 1)), capped
+    start: int = -1  # every context logit's first value, in units of 1 (the model's is 0)
+
+    def __post_init__(self) -> None:
+        if not self.contexts or any(c not in CONTEXTS for c in self.contexts) or len(set(self.contexts)) < len(self.contexts):
+            raise CompressError(f"contexts must be distinct names from {CONTEXTS}, got {self.contexts!r}")
+        if self.prior <= 0 or self.lr < 0 or self.lr_shift < 0 or self.buckets < 1 or abs(self.start) > 12:
+            raise CompressError(f"invalid mixer settings: {self}")
+
+    @property
+    def version(self) -> str:
+        """Names the scheme and its settings, for the file header: decoders must match it."""
+        return (f"mix2:{'+'.join(self.contexts)},prior={self.prior!r},lr={self.lr}/2^{self.lr_shift},"
+                f"buckets={self.buckets},start={self.start}")
+
+
+class ContextMixer:
+    """Per-lane counts and mixing logits; see the module docstring for the two call patterns."""
+
+    def __init__(self, lanes: int, config: MixerConfig = MixerConfig()) -> None:
+        if lanes < 1:
+            raise CompressError(f"lanes must be >= 1, got {lanes}")
+        self.lanes, self.config = lanes, config
+        self.version = config.version
+        k = len(config.contexts)
+        # All contexts' counts in one table, context k's rows from _offset[k] on: one gather
+        # serves them all.
+        sizes = [FRAME if c == "cell" else SYMBOLS for c in config.contexts]
+        self._offset = np.cumsum([0] + sizes[:-1])
+        self._counts = np.zeros((lanes, sum(sizes), SYMBOLS), dtype=np.int32)
+        self._counts.fill(0)  # touch every page now: faulting them in one by one while coding is slower
+        self._seen = np.zeros((lanes, sum(sizes)), dtype=np.int64)  # n per context row
+        self._v = np.full((lanes, k, config.buckets), config.start << V_BITS, dtype=np.int64)
+        self._prev = np.full((lanes, 2, FRAME), -1, dtype=np.int64)  # frames t-1, t-2; -1: none yet
+        # What end_frame learns from, per lane and cell: the token; each context's logit set
+        # (-1: unused); P(token), then each context's weight w_k and Q_k(token).
+        self._token = np.full((lanes, FRAME), -1, dtype=np.int64)
+        self._set = np.zeros((lanes, FRAME, k), dtype=np.int64)
+        self._terms = np.zeros((lanes, FRAME, 1 + 2 * k), dtype=np.float64)
+        self._last: tuple | None = None  # the last predict's rows, position and parts
+        self._all = np.arange(lanes)
+        self._work: tuple[np.ndarray, np.ndarray] | None = None  # see _scratch
+        self._which = np.arange(k)
+
+    def _rows(self, rows: np.ndarray | None, batch: int) -> np.ndarray:
+        if rows is None and batch == self.lanes:
+            return self._all
+        rows = np.asarray(rows if rows is not None else [], dtype=np.int64).reshape(-1)
+        if len(rows) != batch or len(np.unique(rows)) != len(rows):
+            raise CompressError(f"rows must name {batch} distinct lanes, got {rows.tolist()}")
+        if rows.size and not (0 <= rows.min() and rows.max() < self.lanes):
+            raise CompressError(f"rows must be lanes 0..{self.lanes - 1}, got {rows.tolist()}")
+        return rows
+
+    def _scratch(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Work arrays for `rows` tables, kept between calls: allocating megabytes afresh
+        every frame made the allocator fault pages in again and again."""
+        if self._work is None or len(self._work[1]) != rows:
+            self._work = (np.empty((rows, len(self.config.contexts), SYMBOLS), dtype=np.int32),
+                          np.empty((rows, SYMBOLS), dtype=np.int64))
+        return self._work
+
+    def _contexts(self, rows: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """The contexts' symbols [B, K, 128] (-1: none) for lanes `rows`, given the current
+        frame's tokens `current` [B, 128] (a cell reads only cells before it)."""
+        out = np.full((len(rows), len(self.config.contexts), FRAME), -1, dtype=np.int64)
+        for k, kind in enumerate(self.config.contexts):
+            if kind in ("prev", "prev2"):
+                out[:, k] = self._prev[rows, 0 if kind == "prev" else 1]
+            elif kind == "above":
+                out[:, k, WIDTH:] = current[:, :-WIDTH]
+            elif kind == "left":
+                out[:, k, 1:] = current[:, :-1]
+                out[:, k, ::WIDTH] = -1
+            else:
+                out[:, k] = np.arange(FRAME)
+        return out
+
+    def _mix(self, rows: np.ndarray, context: np.ndarray, model: np.ndarray) -> tuple:
+        """Mixed tables [N, 1024] for N (lane, context symbols [K]) with model tables [N, 1024]."""
+        if model.shape[-1] != SYMBOLS or model.dtype.kind not in "iu":
+            raise CompressError(f"model tables must be integer [..., {SYMBOLS}], got {model.dtype} {model.shape}")
+        model = model.astype(np.int64, copy=False)
+        if (model.min(axis=1) < 1).any() or (model.sum(axis=1) != TOTAL).any():
+            raise CompressError("model tables must have every entry >= 1 and sum to 2**24")
+        prior, lanes = self.config.prior, rows[:, None]
+        index = np.where(context >= 0, context + self._offset, 0)
+        n = np.where(context >= 0, self._seen[lanes, index], 0)
+        sets = np.where(n > 0, np.minimum(np.frexp(n + 1.0)[1] - 1, self.config.buckets - 1), -1)
+        logit = self._v[lanes, self._which, np.maximum(sets, 0)]
+        e = np.where(n > 0, EXP[(logit >> (V_BITS - TABLE_STEP)) + (V_LIMIT >> TABLE_STEP)], 0.0)
+        denominator = np.ones(len(rows))
+        for k in range(e.shape[1]):  # float additions in a fixed order
+            denominator = denominator + e[:, k]
+        w = e / denominator[:, None]
+        # P(s) = 1 + floor((a (M(s) - 1) + sum_k b_k c_k(s)) / 2**SHIFT): b_k carries w_k's counts,
+        # a the rest; a is rounded down so that the floors leave a remainder >= 0 for argmax.
+        b = np.floor(w * UNIT / (n + prior) * (1 << SHIFT)).astype(np.int64)
+        a = ((UNIT << SHIFT) - (b * n).sum(axis=1)) // UNIT
+        counts, product = self._scratch(len(rows))
+        np.take(self._counts.reshape(-1, SYMBOLS), lanes * self._counts.shape[1] + index, axis=0, out=counts)
+        freq = model - 1  # in place from here on: these passes over [N, 1024] are the cost
+        freq *= a[:, None]
+        for k in range(counts.shape[1]):
+            freq += np.multiply(b[:, k, None], counts[:, k], out=product)
+        freq >>= SHIFT
+        freq += 1
+        freq[np.arange(len(rows)), freq.argmax(axis=1)] += TOTAL - freq.sum(axis=1)
+        return freq, model, counts, n, sets, w
+
+    def _record(self, rows, cells, tokens, freq, model, counts, n, sets, w) -> None:
+        pick = np.arange(len(rows))
+        m = model[pick, tokens] / TOTAL
+        q = (counts[pick[:, None], self._which, tokens[:, None]] + self.config.prior * m[:, None]) / (n + self.config.prior)
+        self._token[rows, cells] = tokens
+        self._set[rows, cells] = sets
+        self._terms[rows, cells] = np.concatenate([(freq[pick, tokens] / TOTAL)[:, None], w, q], axis=1)
+
+    def predict(self, position: int, model_freq: np.ndarray, partial_frame: np.ndarray,
+                rows: np.ndarray | None = None) -> np.ndarray:
+        """Decoder: tables [B, 1024] for cell `position` of the current frame of lanes `rows`;
+        `partial_frame` [B, 128] holds the frame's tokens decoded so far (cells < position)."""
+        if not 0 <= position < FRAME:
+            raise CompressError(f"position must be 0..{FRAME - 1}, got {position}")
+        model_freq = np.asarray(model_freq)
+        if model_freq.ndim != 2 or np.shape(partial_frame) != (len(model_freq), FRAME):
+            raise CompressError(f"expected model_freq [B, {SYMBOLS}] and partial_frame [B, {FRAME}]")
+        rows = self._rows(rows, len(model_freq))
+        current = _tokens(partial_frame, (len(rows), FRAME), position)
+        parts = self._mix(rows, self._contexts(rows, current)[:, :, position], model_freq)
+        self._last = (rows, position, parts)
+        return parts[0]
+
+    def observe(self, position: int, tokens: np.ndarray) -> None:
+        """Decoder: the tokens just decoded at `position` with the last `predict`'s tables."""
+        if self._last is None or self._last[1] != position:
+            raise CompressError(f"observe({position}) must follow predict({position})")
+        rows, _, parts = self._last
+        self._record(rows, np.full(len(rows), position), _tokens(tokens, (len(rows),)), *parts)
+        self._last = None
+
+    def predict_frame(self, model_freq: np.ndarray, frames: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Encoder: tables [B, 128, 1024] for a whole known frame [B, 128] of lanes `rows`."""
+        model_freq = np.asarray(model_freq)
+        if model_freq.ndim != 3 or model_freq.shape[1:] != (FRAME, SYMBOLS):
+            raise CompressError(f"model_freq must be [B, {FRAME}, {SYMBOLS}], got {model_freq.shape}")
+        batch = len(model_freq)
+        rows = self._rows(rows, batch)
+        frames = _tokens(frames, (batch, FRAME))
+        contexts = self._contexts(rows, frames).transpose(0, 2, 1).reshape(batch * FRAME, -1)
+        lane_rows, cells = np.repeat(rows, FRAME), np.tile(np.arange(FRAME), batch)
+        self._last = None  # its parts share the work arrays this call overwrites
+        parts = self._mix(lane_rows, contexts, model_freq.reshape(-1, SYMBOLS))
+        self._record(lane_rows, cells, frames.reshape(-1), *parts)
+        return parts[0].reshape(batch, FRAME, SYMBOLS)
+
+    def end_frame(self, frames: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """After a frame [B, 128] of lanes `rows` is coded: learn the logits, count the frame."""
+        frames = _tokens(frames, (len(np.asarray(frames)), FRAME))
+        rows = self._rows(rows, len(frames))
+        if not np.array_equal(self._token[rows], frames):
+            raise CompressError("end_frame's frames differ from the tokens predicted and observed")
+        k = len(self.config.contexts)
+        terms, sets = self._terms[rows], self._set[rows]
+        p, w, q = terms[..., 0:1], terms[..., 1 : 1 + k], terms[..., 1 + k :]
+        # d log P / d v_k = w_k (Q_k - P) / P, rounded to fixed point, summed exactly.
+        grad = np.floor(w * (q - p) / p * (1 << V_BITS) + 0.5).astype(np.int64)
+        used = sets >= 0
+        total = np.zeros((len(rows), k, self.config.buckets), dtype=np.int64)
+        lane = np.broadcast_to(np.arange(len(rows))[:, None, None], sets.shape)
+        which = np.broadcast_to(np.arange(k), sets.shape)
+        np.add.at(total, (lane[used], which[used], sets[used]), grad[used])
+        self._v[rows] = np.clip(self._v[rows] + ((total * self.config.lr) >> self.config.lr_shift), -V_LIMIT, V_LIMIT)
+        context = self._contexts(rows, frames)
+        known = context >= 0
+        lane = np.broadcast_to(rows[:, None, None], context.shape)[known]
+        index = (context + self._offset[:, None])[known]
+        np.add.at(self._counts, (lane, index, np.broadcast_to(frames[:, None], context.shape)[known]), 1)
+        np.add.at(self._seen, (lane, index), 1)
+        self._prev[rows, 1] = self._prev[rows, 0]
+        self._prev[rows, 0] = frames
+        self._token[rows] = -1
+
+
+def _tokens(tokens: np.ndarray, shape: tuple[int, ...], decoded: int = FRAME) -> np.ndarray:
+    """Checked int64 tokens; only the first `decoded` cells of a frame must be tokens yet."""
+    tokens = np.asarray(tokens)
+    if tokens.shape != shape or tokens.dtype.kind not in "iu":
+        raise CompressError(f"tokens must be integer {shape}, got {tokens.dtype} {tokens.shape}")
+    head = tokens[..., :decoded]
+    if head.size and not (0 <= head.min() and head.max() < SYMBOLS):
+        raise CompressError(f"tokens must be 0..{SYMBOLS - 1}")
+    return tokens.astype(np.int64)

@@ -1,0 +1,282 @@
+"""Exact integer numerics: bit-identical logits across batch, chunking, prefill vs decode,
+threads and CPU capability; exact integer matmuls within proven bounds; close to float."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import models
+from engine import exact_ops as ops
+from engine import exact_runner
+from engine.errors import EngineError
+from engine.exact_runner import ExactRunner
+from engine.quantize import TINY, quantize_weight
+
+ROOT = Path(__file__).resolve().parents[1]
+MINUTE = ROOT.parent / "shared" / "data" / "train" / "3b41c0fa8959aea6c118e5714f412a2e_13.npy"
+
+
+@pytest.fixture(scope="module")
+def model() -> models.GPT:
+    return models.load_pretrained(models.DEFAULT_MODEL_DIR).float().eval()
+
+
+@pytest.fixture(scope="module")
+def runner(model) -> ExactRunner:
+    return ExactRunner(model, max_batch=8, device="cpu")
+
+
+def real_windows(count: int, first: int = 1) -> torch.Tensor:
+    """[count, 258] windows [BOS, frame t-1, BOS, frame t] from the training minute, or
+    random tokens where the data is absent."""
+    if not MINUTE.exists():
+        return torch.randint(0, 1024, (count, 258), generator=torch.Generator().manual_seed(first))
+    frames = np.load(MINUTE).reshape(-1, 128).astype(np.int64)
+    bos = np.full(1, 1024)
+    rows = [np.concatenate([bos, frames[t - 1], bos, frames[t]]) for t in range(first, first + count)]
+    return torch.from_numpy(np.stack(rows))
+
+
+def lens(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32)
+
+
+def steps(runner: ExactRunner, tokens: torch.Tensor, prefill: int) -> list[torch.Tensor]:
+    """Logits at positions prefill-1 .. L-1: one fresh prefill, then single steps."""
+    rows, length = tokens.shape
+    out = [runner.forward(tokens[:, :prefill], lens(*[0] * rows), lens(*[prefill] * rows), fresh=True)]
+    for p in range(prefill, length):
+        out.append(runner.forward(tokens[:, p : p + 1], lens(*[p] * rows), lens(*[1] * rows)))
+    return out
+
+
+# --- integer matmul and its bounds ------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 2200), n=st.integers(1, 24), seed=st.integers(0, 2**31))
+def test_int_matmul_paths_agree_with_numpy(m: int, k: int, n: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    want = a.numpy().astype(np.int64) @ b.numpy().astype(np.int64).T
+    for path in ops.MATMUL_PATHS:
+        got = ops.int_matmul(a, b, path)
+        assert got.dtype == torch.int32 and np.array_equal(got.numpy(), want), path
+
+
+@settings(max_examples=20, deadline=None)
+@given(signs=st.lists(st.sampled_from([-127, 127]), min_size=1, max_size=64), k=st.sampled_from([1040, 1041, 4096]))
+def test_int_matmul_extreme_values_stay_exact(signs: list[int], k: int) -> None:
+    """All-max weights and activations reach the proven bound 127**2 * K exactly, on every path."""
+    row = torch.tensor(signs * (k // len(signs) + 1), dtype=torch.int8)[:k]
+    a = torch.stack([row, -row, torch.full_like(row, 127)])
+    want = a.numpy().astype(np.int64) @ a.numpy().astype(np.int64).T
+    assert np.abs(want).max() == 127 * 127 * k <= 2**31 - 1
+    for path in ops.MATMUL_PATHS:
+        assert np.array_equal(ops.int_matmul(a, a, path).numpy(), want), path
+
+
+def test_int_matmul_refuses_bad_input() -> None:
+    with pytest.raises(EngineError, match="int8"):
+        ops.int_matmul(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int8))
+    with pytest.raises(EngineError, match="overflow"):
+        ops.int_matmul(*(torch.zeros(1, ops.INT32_MAX_K + 1, dtype=torch.int8),) * 2)
+    with pytest.raises(EngineError, match="path"):
+        ops.int_matmul(*(torch.zeros(1, 4, dtype=torch.int8),) * 2, path="bogus")
+
+
+@pytest.mark.parametrize("n_positions", [258, 2580])
+def test_pv_bound_is_exact_at_worst_case(n_positions: int) -> None:
+    """Every key at the largest weight and every value at 127: the PV sum hits its bound and
+    the chosen dtype still holds it exactly; the attention output is then 127 * v_scale."""
+    p_max, dtype = ops.prob_max(n_positions)
+    assert p_max * 127 * n_positions < (2**24 if dtype == torch.float32 else 2**53)
+    p = torch.full((2, n_positions), float(p_max), dtype=dtype)
+    v = torch.full((n_positions, 3), 127.0, dtype=dtype)
+    assert torch.equal((p @ v).long(), torch.full((2, 3), p_max * 127 * n_positions))
+    q = torch.full((1, 2, 8), 127, dtype=torch.int8)
+    k = torch.full((1, n_positions, 8), 127, dtype=torch.int8)
+    scale = torch.full((1, n_positions), 0.5)
+    out = ops.attention(q, torch.ones(1, 2), k, scale, k, scale, torch.ones(2, n_positions, dtype=torch.bool),
+                        ops.exp_table(), (p_max, dtype))
+    torch.testing.assert_close(out, torch.full_like(out, 63.5), rtol=1e-6, atol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(width=st.integers(1, 300), peak=st.sampled_from([1e-30, 1e-3, 1.0, 3e4, 3e38]), seed=st.integers(0, 2**31))
+def test_quantize_rows_bound_and_error(width: int, peak: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(4, width, generator=g, dtype=torch.float64) * 2 - 1) * peak
+    x[1] = 0.0
+    x[2, 0] = peak  # a row holding the extreme value exactly
+    x = x.float()
+    q, scale = ops.quantize_rows(x)
+    assert q.abs().max() <= 127 and torch.all(q[1] == 0) and scale[1] == 0
+    # Half a step of error, or the row is flushed to zero explicitly (below TINY).
+    bound = torch.clamp(scale.double()[:, None] * 0.5001, min=TINY)
+    assert torch.all((q.double() * scale.double()[:, None] - x.double()).abs() <= bound)
+
+
+def test_quantize_weight_matches_numpy() -> None:
+    w = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    w[3] = 0.0
+    q, scale = quantize_weight(w)
+    peak = np.abs(w.numpy().astype(np.float64)).max(axis=1)
+    want_scale = np.where(peak > 0, peak / 127, 0).astype(np.float32)
+    assert np.array_equal(scale.numpy(), want_scale)
+    safe = np.where(want_scale > 0, want_scale, 1).astype(np.float64)
+    assert np.array_equal(q.numpy(), np.round(w.numpy().astype(np.float64) / safe[:, None]).astype(np.int8))
+
+
+def test_layer_norm_exact_sums_at_the_width_limit() -> None:
+    width = 2 ** (53 - 2 * ops.LN_BITS)
+    x = torch.where(torch.arange(width) % 3 == 0, 1.0, -1.0)[None].repeat(2, 1) * torch.tensor([[1e3], [1e-3]])
+    got = ops.layer_norm(x, torch.ones(width), torch.zeros(width), 1e-5)
+    want = torch.nn.functional.layer_norm(x.double(), (width,), eps=1e-5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(EngineError, match="width"):
+        ops.layer_norm(torch.ones(1, width + 1), torch.ones(width + 1), torch.zeros(width + 1), 1e-5)
+
+
+def test_tables_match_library_functions() -> None:
+    x = torch.linspace(-10, 10, 4001)
+    ref = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    assert (ops.gelu(x, ops.gelu_table()).double() - ref).abs().max() < 1e-3
+    steps_ = np.arange(ops.EXP_ONE_BITS * 2**ops.EXP_STEP_BITS + 1) / -(2.0**ops.EXP_STEP_BITS)
+    assert np.abs(ops._exp2_f64(steps_) / np.exp2(steps_) - 1).max() < 1e-14
+    table = ops.exp_table().numpy()
+    assert table[0] == 2**20 and table[-1] == 0 and np.all(np.diff(table) <= 0)
+
+
+# --- bit-identical logits ---------------------------------------------------------------
+def test_score_equals_prefill_then_steps(runner: ExactRunner) -> None:
+    tokens = real_windows(2, first=500)
+    scored = runner.score(tokens)
+    for i, logits in enumerate(steps(runner, tokens, prefill=100)):
+        assert torch.equal(logits, scored[:, 99 + i]), f"position {99 + i}"
+
+
+def test_score_equals_prefill_of_every_prefix() -> None:
+    torch.manual_seed(0)
+    tiny = models.GPT(models.GPTConfig(n_positions=258, n_layer=2, n_head=2, n_embd=32, n_inner=64)).eval()
+    runner = ExactRunner(tiny, max_batch=2)
+    tokens = torch.randint(0, 1025, (2, 140))
+    scored = runner.score(tokens)
+    for length in range(1, 141):
+        logits = runner.forward(tokens[:, :length], lens(0, 0), lens(length, length), fresh=True)
+        assert torch.equal(logits, scored[:, length - 1]), f"prefix {length}"
+
+
+def test_batch_chunking_and_padding_do_not_change_a_row(runner: ExactRunner) -> None:
+    tokens = real_windows(8, first=300)
+    alone = steps(runner, tokens[:1], prefill=129)[-4:]
+    # Row 0 beside 7 other drives, prefilled in two chunks of unequal lengths per row.
+    a = torch.tensor([40, 7, 129, 0, 100, 3, 64, 128], dtype=torch.int32)
+    chunk = torch.zeros(8, 129, dtype=torch.int64)
+    for r in range(8):
+        chunk[r, : 129 - a[r]] = tokens[r, a[r] : 129]
+    runner.forward(tokens[:, :129], lens(*[0] * 8), a, fresh=True)
+    runner.forward(chunk, a, 129 - a)
+    together = [runner.forward(tokens[:, p : p + 1], lens(*[p] * 8), lens(*[1] * 8)) for p in range(129, 258)][-4:]
+    for x, y in zip(alone, together):
+        assert torch.equal(x[0], y[0])
+    assert torch.equal(together[-1], runner.score(tokens)[:, -1])
+
+
+def test_score_chunks_and_attention_blocks_are_invisible(runner: ExactRunner, monkeypatch) -> None:
+    tokens = real_windows(3, first=200)
+    whole = runner.score(tokens)
+    monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 258)  # one window per chunk
+    monkeypatch.setattr(ops, "ATTENTION_BLOCK", 17)
+    assert torch.equal(runner.score(tokens), whole)
+
+
+def test_thread_count_does_not_change_logits(runner: ExactRunner) -> None:
+    tokens = real_windows(4, first=700)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = runner.score(tokens)
+        torch.set_num_threads(2)
+        two = runner.score(tokens)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+HASH_SCRIPT = """
+import hashlib, sys, torch
+sys.path.insert(0, {root!r})
+import models
+from engine.exact_runner import ExactRunner
+runner = ExactRunner(models.load_pretrained(models.DEFAULT_MODEL_DIR).float().eval(), max_batch=4)
+tokens = torch.load({path!r})
+print(hashlib.sha256(runner.score(tokens).numpy().tobytes()).hexdigest())
+"""
+
+
+def test_fresh_processes_with_other_cpu_settings_agree(runner: ExactRunner, tmp_path: Path) -> None:
+    tokens = real_windows(4, first=900)
+    torch.save(tokens, tmp_path / "tokens.pt")
+    want = hashlib.sha256(runner.score(tokens).numpy().tobytes()).hexdigest()
+    script = HASH_SCRIPT.format(root=str(ROOT), path=str(tmp_path / "tokens.pt"))
+    # Two processes (torch imports are slow on a busy 2-core machine) cover all four settings.
+    variants = [{"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "2"},
+                {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}]
+    procs = [subprocess.Popen([sys.executable, "-c", script], env={**os.environ, **extra},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for extra in variants]
+    for extra, proc in zip(variants, procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.strip() == want, extra
+
+
+@pytest.mark.skipif(not os.environ.get("EXACT_COMPILE"), reason="about a minute of inductor compile: EXACT_COMPILE=1")
+def test_inductor_compile_matches_eager() -> None:
+    torch.manual_seed(0)
+    tiny = models.GPT(models.GPTConfig(n_positions=258, n_layer=1, n_head=2, n_embd=32, n_inner=64)).eval()
+    runner = ExactRunner(tiny, max_batch=2)
+    tokens = torch.randint(0, 1024, (2, 258))
+    assert torch.equal(torch.compile(runner.score, dynamic=False)(tokens), runner.score(tokens))
+
+
+# --- agreement with the float model, identity, input checks --------------------------------
+def test_close_to_float_model(model, runner: ExactRunner) -> None:
+    tokens = real_windows(8, first=1050)
+    with torch.no_grad():
+        ref = model(tokens)[:, 129:257, :1024].double().log_softmax(-1)
+    ours = runner.score(tokens)[:, 129:257, :1024].double().log_softmax(-1)
+    assert (ref.argmax(-1) == ours.argmax(-1)).float().mean() > 0.98
+    kl = (ref.exp() * (ref - ours)).sum(-1).mean()
+    assert kl < 0.01, float(kl)
+
+
+def test_fingerprint_is_reproducible_and_tracks_the_weights(model) -> None:
+    a, b = ExactRunner(model, max_batch=1), ExactRunner(model, max_batch=2)
+    assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 64
+    changed = models.load_pretrained(models.DEFAULT_MODEL_DIR).float()
+    with torch.no_grad():
+        changed.transformer.h[0].mlp.c_fc.weight[0, 0] += 0.5
+    assert ExactRunner(changed, max_batch=1).fingerprint != a.fingerprint
+
+
+def test_bad_input_raises(runner: ExactRunner) -> None:
+    good = torch.zeros(1, 4, dtype=torch.int64)
+    with pytest.raises(EngineError, match="int64"):
+        runner.score(good.int())
+    with pytest.raises(EngineError, match="token ids"):
+        runner.score(good + 2000)
+    with pytest.raises(EngineError, match="max_batch"):
+        runner.forward(torch.zeros(9, 1, dtype=torch.int64), lens(*[0] * 9), lens(*[1] * 9))
+    with pytest.raises(EngineError, match="n_positions"):
+        runner.forward(good, lens(256), lens(4))
+    with pytest.raises(EngineError, match="tokens per row"):
+        runner.score(torch.zeros(1, 259, dtype=torch.int64))
