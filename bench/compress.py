@@ -1,38 +1,37 @@
-"""Benchmark the compressor on real segments against lzma (and zstd when installed).
+"""Benchmark the compressor on real segments, side by side with general-purpose compressors.
 
-    python bench/compress.py ../shared/data/train/*.npy --frames 20
+    python -m bench.compress ../shared/data/train/*.npy --frames 200
+    python -m bench.compress SEGMENT --lanes 1 8 16 --numerics exact float --mixing on off
 
-Per segment: the compression rate (T*128*10/8 / compressed bytes, as in the commaVQ
-challenge) of our file and of lzma on the tokens transposed to (128, T) int16; bits per
-token; the range coder's overhead against the ideal code length sum(-log2 p) of the
-quantized model probabilities; and encode and decode speed in tokens/s.
+Per segment: for each configuration (numerics x mixing x lanes) the rate (T*128*10/8 /
+compressed bytes, as in the commaVQ challenge), bits per token, the range coder's overhead
+against the ideal code length of the coded tables, and encode and decode speed in tokens/s
+(one process, the engine built once and warmed up off the clock); then xz -9e, zstd -19 and
+zpaq -m5 on the int16 tokens as stored and transposed (bench/baselines.py).
 """
 from __future__ import annotations
 
 import argparse
-import lzma
+import itertools
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from compress import CodecParams, decode_many, encode_many, fitted_batch, read_header  # noqa: E402
-from compress.api import coding_dtype  # noqa: E402
-from engine import Engine  # noqa: E402
-from engine.engine import resolve_device  # noqa: E402
+from bench.baselines import baselines
+from compress import CodecParams, decode_many, default_engine, encode_many, read_header
 
 
-def zstd_compress(data: bytes) -> bytes | None:
+def cpu_name() -> str:
     try:
-        import zstandard
-    except ImportError:
-        return None
-    return zstandard.ZstdCompressor(level=19).compress(data)
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def rate(tokens: int, size: int | None) -> str:
@@ -44,45 +43,50 @@ def main() -> None:
     parser.add_argument("paths", nargs="+", help=".npy token segments")
     parser.add_argument("--frames", type=int, help="code only the first N frames of each segment")
     parser.add_argument("--model", help="checkpoint directory (default: the shipped model)")
-    parser.add_argument("--window", type=int, help="frames per window (default: the model's)")
-    parser.add_argument("--stride", type=int, default=1)
-    parser.add_argument("--lanes", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lanes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--numerics", nargs="+", default=["exact"], choices=("exact", "float"))
+    parser.add_argument("--mixing", nargs="+", default=["on", "off"], choices=("on", "off"))
     parser.add_argument("--device")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: on CUDA only, as the CLI")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the CLI)")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cuda = resolve_device(args.device).type == "cuda"
-
-    engine = Engine.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                    max_batch=args.batch, dtype=coding_dtype(cuda),
-                                    compile=cuda if args.compile is None else args.compile)
-    window = args.window or engine.config.frames_per_window
-    hardware = torch.cuda.get_device_name() if engine.device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    print(f"model {engine.fingerprint[:16]}, window {window}, stride {args.stride}, lanes {args.lanes}, numerics {engine.numerics}, {hardware}, torch {torch.__version__}")
-    print("segment                                   frames   rate   lzma   zstd  bits/tok  overhead  "
-          "header  enc tok/s  dec tok/s")
+    hardware = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else cpu_name()
+    print(f"{hardware}, {args.threads} thread(s), torch {torch.__version__}")
+    engines = {mode: default_engine(None, args.model, mode, args.device) for mode in args.numerics}
+    for mode, engine in engines.items():
+        print(f"{mode}: model {engine.fingerprint[:16]}, window {engine.config.frames_per_window}, "
+              f"max_batch {engine.max_batch}, numerics {engine.numerics.to_dict()}")
+    header = (f"{'segment':28} {'frames':>6} {'coder':28} {'rate':>6} {'bits/tok':>8} {'overhead':>8} "
+              f"{'enc tok/s':>9} {'dec tok/s':>9}")
     for path in args.paths:
         tokens = np.load(path)[: args.frames]
-        params = CodecParams(window, args.stride, args.lanes, fitted_batch(engine, [tokens], args.lanes))  # as the CLI
-        count = tokens.shape[0] * 128
-        encode_many([tokens[: params.window]], engine, params)  # warm up (compiles) off the clock
-        start = time.perf_counter()
-        encoded = encode_many([tokens], engine, params)[0]
-        encode_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        restored = decode_many([encoded.data], engine)[0]
-        decode_seconds = time.perf_counter() - start
-        assert restored.tobytes() == tokens.tobytes(), "round trip failed"
-        payload = read_header(encoded.data).payload_length
-        transposed = tokens.reshape(len(tokens), 128).T.astype(np.int16).tobytes()
-        print(f"{Path(path).stem[:40]:40} {len(tokens):7} {rate(count, len(encoded.data))} "
-              f"{rate(count, len(lzma.compress(transposed, preset=9 | lzma.PRESET_EXTREME)))} "
-              f"{rate(count, len(zstd_compress(transposed) or b''))} "
-              f"{8 * len(encoded.data) / count:9.3f} {8 * payload / encoded.ideal_bits - 1:9.4%} "
-              f"{len(encoded.data) - payload:7} {count / encode_seconds:10.0f} {count / decode_seconds:10.0f}")
+        count, name = tokens.shape[0] * 128, Path(path).stem[:28]
+        print(header)
+        for mode, mixing, lanes in itertools.product(args.numerics, args.mixing, args.lanes):
+            engine = engines[mode]
+            window = engine.config.frames_per_window
+            batch = 1 if mode == "exact" else min(lanes, engine.max_batch)
+            params = CodecParams(window, 1, lanes, batch, mixing == "on")
+            warm = encode_many([tokens[: 2 * window]], engine, params)[0].data  # warm up off the clock
+            decode_many([warm], engine)
+            start = time.perf_counter()
+            encoded = encode_many([tokens], engine, params)[0]
+            encode_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            restored = decode_many([encoded.data], engine)[0]
+            decode_seconds = time.perf_counter() - start
+            assert restored.tobytes() == tokens.tobytes(), "round trip failed"
+            size, payload = len(encoded.data), read_header(encoded.data).payload_length
+            overhead = 8 * payload / encoded.ideal_bits - 1 if encoded.ideal_bits else 0.0
+            label = f"{mode}, mixing {mixing}, lanes {lanes}"
+            print(f"{name:28} {len(tokens):6} {label:28} {rate(count, size)} {8 * size / count:8.3f} "
+                  f"{overhead:8.4%} {count / encode_seconds:9.0f} {count / decode_seconds:9.0f}")
+        if args.baselines:
+            for result in baselines(tokens):
+                bits = f"{8 * result.size / count:8.3f}" if result.size else "       -"
+                print(f"{name:28} {len(tokens):6} {result.name:28} {rate(count, result.size)} {bits} "
+                      f"{'':8} {count / result.seconds:9.0f} {'':>9}")
 
 
 if __name__ == "__main__":

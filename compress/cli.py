@@ -14,11 +14,11 @@ from tqdm import tqdm
 from engine import Engine, EngineError, resolve_device
 from models import CheckpointError
 
-from .api import DEFAULT_MAX_BATCH, coding_dtype, decode_many, encode_many, engine_for, fitted_batch, read_header
-from .codec import CodecParams
+from .api import DEFAULT_MAX_BATCH, decode_many, default_engine, encode_many, engine_for, fitted_batch, read_header
+from .lanes import CodecParams
 from .errors import CompressError
 from .files import STDIO, Job, Writer, into_directory, load_npy, npy_bytes, plan, read_bytes
-from .format import MAX_BATCH, PREFIX, Header, repack
+from .format import MAX_BATCH, MAX_LANES, PREFIX, RAW, Header, repack
 
 PROG = "python -m compress"
 # torch crashes on absurd thread counts (100000 segfaults); no CPU coder gains from more.
@@ -36,15 +36,19 @@ def build_parser() -> Parser:
     common.add_argument("--model", metavar="DIR", help="model checkpoint directory (default: the shipped model)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary or messages")
     # Only the encoder chooses numerics; the decoder rebuilds them from the file's header.
+    common.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu); decoding a "
+                                         "float-numerics file needs the device kind it was made on")
+    common.add_argument("--threads", type=int, default=1,
+                        help=f"torch CPU threads, 1..{MAX_THREADS} (default: %(default)s); float numerics "
+                             "record it, and their decoder uses the same")
     numerics = Parser(add_help=False)
-    numerics.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    numerics.add_argument("--numerics", default="exact", choices=("exact", "float"),
+                          help="exact: integer arithmetic, files decode on any machine; float: the model's "
+                               "float arithmetic, files decode only with the same numerics (default: %(default)s)")
     numerics.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
-                          help="engine op set (default: %(default)s)")
+                          help="float numerics: engine op set (default: %(default)s)")
     numerics.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                          help="torch.compile the model (default: on CUDA only)")
-    numerics.add_argument("--threads", type=int, default=1,
-                          help=f"torch CPU threads, 1..{MAX_THREADS} (default: %(default)s); "
-                               "recorded, and the decoder uses the same")
+                          help="float numerics: torch.compile the model (default: on CUDA only)")
     files = Parser(add_help=False)
     files.add_argument("paths", nargs="+", metavar="PATH",
                        help="IN... OUT: files, directories or - (stdin/stdout); several inputs need an existing "
@@ -59,12 +63,16 @@ def build_parser() -> Parser:
                         help="inputs are commaVQ webdataset shards (data-XXXX.tar.gz): one output per segment key")
     encode.add_argument("--window", type=int, help="frames per model window (default: the model's)")
     encode.add_argument("--stride", type=int, default=1,
-                        help="frames coded per window (default: %(default)s, best rate)")
+                        help="frames coded per window, 1..window-1; the rest of the window is context "
+                             "(default: %(default)s, best rate)")
     encode.add_argument("--lanes", type=int, default=1,
-                        help="independent runs per segment, to fill a batch (default: %(default)s)")
+                        help=f"independent runs per segment, 1..{MAX_LANES}: faster decoding, slightly larger "
+                             "files (default: %(default)s)")
+    encode.add_argument("--no-mixing", dest="mixing", action="store_false",
+                        help="code with the model alone, without the context mixer learned while coding")
     encode.add_argument("--batch", type=int, default=DEFAULT_MAX_BATCH,
-                        help=f"streams per engine call, 1..{MAX_BATCH}, fewer if there are fewer lanes "
-                             "(default: %(default)s)")
+                        help=f"float numerics: streams per engine call, 1..{MAX_BATCH}, fewer if there are "
+                             "fewer lanes (default: %(default)s)")
     decode = commands.add_parser("decode", parents=[files, common], help="restore the exact .npy files")
     decode.add_argument("--batch", type=int, help=f"engine max_batch, 1..{MAX_BATCH} (default: what the files need)")
     commands.add_parser("info", help="print the header").add_argument("files", nargs="+", metavar="FILE")
@@ -81,36 +89,37 @@ def check_options(args: argparse.Namespace) -> None:
     """Refuse bad numbers and devices before reading inputs or loading anything."""
     if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
         raise CompressError(f"--batch must be 1..{MAX_BATCH}, got {args.batch}")
-    if args.command != "encode":
-        return
     if not 1 <= args.threads <= MAX_THREADS:
         raise CompressError(f"--threads must be 1..{MAX_THREADS}, got {args.threads}")
+    torch.set_num_threads(args.threads)
     resolve_device(args.device)  # the engine's EngineError for an unknown or unavailable device
 
 
 def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:
     """The encoder's engine, from the (checked) command line."""
-    torch.set_num_threads(args.threads)
     cuda = resolve_device(args.device).type == "cuda"
     try:
+        if args.numerics == "exact":
+            return default_engine(None, args.model, "exact", args.device)
         return Engine.from_pretrained(args.model, device=args.device, backend=args.backend, max_batch=max_batch,
-                                      dtype=coding_dtype(cuda), compile=cuda if args.compile is None else args.compile)
+                                      dtype=None if cuda else torch.float32,
+                                      compile=cuda if args.compile is None else args.compile)
     except RuntimeError as exc:  # torch's error for a device that fails to start
         raise CompressError(f"cannot load the model: {exc}") from exc
 
 
 def decode_all(files: list[bytes], headers: list[Header], model: str | None, batch: int | None,
-               progress) -> Iterator[tuple[int, np.ndarray]]:
+               device: str | None, progress) -> Iterator[tuple[int, np.ndarray]]:
     """(index, array) of every file, decoded with an engine rebuilt from its header: files
     whose headers need the same engine settings are decoded together, a batch at a time."""
     groups: dict[tuple, list[int]] = {}
     for index, header in enumerate(headers):
         groups.setdefault(tuple(sorted(header.numerics.items())), []).append(index)
     for indices in groups.values():
-        engine = engine_for(headers[indices[0]], model, max(batch or DEFAULT_MAX_BATCH,
-                                                            *(headers[i].batch for i in indices)))
-        for start in range(0, len(indices), DEFAULT_MAX_BATCH):
-            chunk = indices[start : start + DEFAULT_MAX_BATCH]
+        needed = max(headers[i].batch for i in indices)
+        engine = engine_for(headers[indices[0]], model, max(batch, needed) if batch else None, device)
+        for start in range(0, len(indices), MAX_BATCH):  # segments side by side, memory bounded
+            chunk = indices[start : start + MAX_BATCH]
             yield from zip(chunk, decode_many([files[i] for i in chunk], engine, progress))
 
 
@@ -147,11 +156,11 @@ def run_encode(args: argparse.Namespace, writer: Writer) -> None:
         arrays, versions = map(list, zip(*(load_npy(read_bytes(job.source), job.source) for job in jobs)))
     engine = load_engine(args, args.batch)
     window = engine.config.frames_per_window if args.window is None else args.window
-    params = CodecParams(window, args.stride, args.lanes, fitted_batch(engine, arrays, args.lanes))
+    params = CodecParams(window, args.stride, args.lanes, fitted_batch(engine, arrays, args.lanes), args.mixing)
     tokens, size, start = sum(a.size for a in arrays), 0, time.perf_counter()
     with progress_bar(tokens, args.quiet) as bar:
-        for first in range(0, len(jobs), params.batch):  # a batch of segments at a time bounds memory
-            chunk = slice(first, first + params.batch)
+        for first in range(0, len(jobs), MAX_BATCH):  # a batch of segments at a time bounds memory
+            chunk = slice(first, first + MAX_BATCH)
             for job, version, result in zip(jobs[chunk], versions[chunk],
                                             encode_many(arrays[chunk], engine, params, bar.update)):
                 data = result.data if version == (1, 0) else repack(result.data, npy_version=version)
@@ -170,8 +179,8 @@ def run_decode(args: argparse.Namespace, writer: Writer) -> None:
     writer.prepare(work, inputs, args.force)
     files = [read_bytes(job.source) for job in work.jobs]
     headers = [read_header(data) for data in files]
-    with progress_bar(sum(header.frames * 128 for header in headers), args.quiet) as bar:
-        for index, array in decode_all(files, headers, args.model, args.batch, bar.update):
+    with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
+        for index, array in decode_all(files, headers, args.model, args.batch, args.device, bar.update):
             writer.write(work.jobs[index].target, npy_bytes(array, headers[index].npy_version))
 
 
@@ -182,11 +191,12 @@ def describe(name: str, data: bytes) -> str:
     major, minor = header.npy_version
     return "\n".join((
         f"{name}: format version {version}, {len(data)} bytes ({header.payload_length} payload), "
-        f"{rate(header.frames * 128, len(data))}",
+        f"{rate(header.tokens, len(data))}",
         f"  array: shape {header.shape}, dtype {header.dtype}, {order} order, .npy format {major}.{minor}",
         f"  model: {header.fingerprint}",
-        f"  coding: window {header.window}, stride {header.stride}, lanes {header.lanes}, "
-        f"batch {header.batch}, precision {header.precision} bits",
+        f"  coding: {'stored raw (10 bits per token)' if header.storage == RAW else 'range-coded'}, "
+        f"window {header.window}, stride {header.stride}, lanes {header.lanes}, batch {header.batch or 'any'}, "
+        f"tables v{header.tables}, precision {header.precision} bits, mixer {header.mixer or 'off'}",
         f"  numerics: {numerics}",
     ))
 
@@ -199,8 +209,8 @@ def run_info(args: argparse.Namespace) -> None:
 def run_test(args: argparse.Namespace) -> None:
     files = [read_bytes(name) for name in args.files]
     headers = [read_header(data) for data in files]
-    with progress_bar(sum(header.frames * 128 for header in headers), args.quiet) as bar:
-        for index, _ in decode_all(files, headers, args.model, None, bar.update):
+    with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
+        for index, _ in decode_all(files, headers, args.model, None, args.device, bar.update):
             if not args.quiet:
                 bar.write(f"{args.files[index]}: OK", file=sys.stdout)
 

@@ -1,4 +1,5 @@
-"""The container: a checksummed header, then the lanes' range-coded words.
+"""The container: a checksummed header, then the payload: one range-coded stream of 32-bit
+words (the segment's lanes interleaved), or the tokens stored raw at 10 bits each.
 
 Layout (little-endian; see docs/FORMAT.md):
 
@@ -6,8 +7,8 @@ Layout (little-endian; see docs/FORMAT.md):
 
 The prefix, the body length and the trailing CRC keep their places in every version, so
 a damaged header ("corrupt") is told apart from an intact one this version cannot read
-("unsupported": a newer version or a reserved flag set). Version 2 appends the input's
-.npy format version to version 1's body; version 1 files stay readable.
+("unsupported": another version or a reserved flag set). Version 1 (commavq-engine 0.1:
+one stream per lane, float numerics only) is no longer read.
 
 Every field is checked here, before anything is allocated for decoding: a checksummed
 header is only as trustworthy as whoever wrote it.
@@ -22,16 +23,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from models.tokens import FRAME_TOKENS
+
 from .errors import CorruptFileError, UnsupportedFormatError
 
 MAGIC = b"\xfeCVQ"  # 0xFE never occurs in ASCII or UTF-8 text
-VERSION = 2  # written; 1 is still read
+VERSION = 2
 PREFIX = struct.Struct("<4sBBI")
 CRC = struct.Struct("<I")
-# fingerprint, window, stride, lanes, batch, precision, frames, layout, fortran order,
-# token CRC, payload length, payload CRC
-FIXED = struct.Struct("<32sHHHHBIBBIQI")
-NPY_VERSION = struct.Struct("<BB")  # version 2: the .npy format (major, minor) of the input
+# fingerprint, window, stride, lanes, batch, precision, tables, storage, frames, layout,
+# fortran order, token CRC, payload length, payload CRC
+FIXED = struct.Struct("<32sHHHHBBBIBBIQI")
+NPY_VERSION = struct.Struct("<BB")  # the .npy format (major, minor) of the input
+CODED, RAW = 0, 1  # storage: range-coded with the model, or 10 bits per token when that is smaller
+TABLES = (2,)  # frequency-table versions this reader knows (compress/frequencies.py)
+MIXER_TEXT = re.compile(r"[A-Za-z0-9_.:,=+/^-]{0,200}")
 NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))  # what numpy.lib.format reads and writes
 LAYOUTS = ((128,), (8, 16))  # the layout byte's values: a (T, 128) or a (T, 8, 16) array
 DTYPE_PATTERN = re.compile(r"[<>|][iu][1248]")
@@ -39,6 +45,8 @@ MAX_FRAMES = 2**32 - 1  # the frames field is a u32
 # The most streams per engine call an encoder may write. The decoder opens this many rows
 # whatever the payload's size, so it bounds the memory a tiny file can demand.
 MAX_BATCH = 64
+# Lanes of a segment run side by side in one batch, each with its own mixer state.
+MAX_LANES = MAX_BATCH
 # engine.numerics is a small flat dict of short names and values (the engine checks the
 # values); these bounds keep a forged one from costing time, memory or terminal escapes.
 MAX_NUMERICS_BYTES = 1024
@@ -57,24 +65,27 @@ class Header:
     window: int  # frames per model window: context plus coded frames
     stride: int  # frames coded per window
     lanes: int  # independent runs a segment was split into
-    batch: int  # streams per engine call
+    batch: int  # float numerics: streams per engine call; exact: 0 (any batch gives the same bits)
     precision: int  # frequency tables sum to 2**precision
     numerics: dict[str, str | int]  # engine.numerics: the logits' bits depend on these
     dtype: str  # numpy dtype.str of the original array, byte order included
     shape: tuple[int, ...]  # (T, 128) or (T, 8, 16)
     fortran_order: bool
     token_crc: int  # CRC32 of the original array's bytes in C order
-    lane_words: tuple[int, ...]  # 32-bit words of each lane's range-coded stream
+    payload_length: int  # bytes
     payload_crc: int
-    npy_version: tuple[int, int] = (1, 0)  # .npy format the array came in (version 1: always 1.0)
+    tables: int = 2  # the frequency-table version (compress/frequencies.py)
+    mixer: str = ""  # the context mixer's version (compress/mixing.py); "" when off
+    storage: int = CODED  # CODED or RAW
+    npy_version: tuple[int, int] = (1, 0)  # .npy format the array came in
 
     @property
     def frames(self) -> int:
         return self.shape[0]
 
     @property
-    def payload_length(self) -> int:
-        return 4 * sum(self.lane_words)
+    def tokens(self) -> int:
+        return self.frames * FRAME_TOKENS
 
 
 def lane_bounds(frames: int, lanes: int) -> list[tuple[int, int]]:
@@ -85,16 +96,16 @@ def lane_bounds(frames: int, lanes: int) -> list[tuple[int, int]]:
 
 def pack(header: Header, payload: bytes) -> bytes:
     numerics = json.dumps(header.numerics, sort_keys=True, separators=(",", ":")).encode()
-    dtype = header.dtype.encode()
+    dtype, mixer = header.dtype.encode(), header.mixer.encode()
     body = b"".join((
         FIXED.pack(
             bytes.fromhex(header.fingerprint), header.window, header.stride, header.lanes, header.batch,
-            header.precision, header.frames, LAYOUTS.index(header.shape[1:]), header.fortran_order,
-            header.token_crc, len(payload), header.payload_crc,
+            header.precision, header.tables, header.storage, header.frames, LAYOUTS.index(header.shape[1:]),
+            header.fortran_order, header.token_crc, len(payload), header.payload_crc,
         ),
-        struct.pack(f"<{len(header.lane_words)}I", *header.lane_words),
         struct.pack("<B", len(dtype)), dtype,
         struct.pack("<H", len(numerics)), numerics,
+        struct.pack("<B", len(mixer)), mixer,
         NPY_VERSION.pack(*header.npy_version),
     ))
     head = PREFIX.pack(MAGIC, VERSION, 0, len(body)) + body
@@ -123,12 +134,15 @@ def unpack(data: bytes) -> tuple[Header, memoryview]:
         raise CorruptFileError("truncated file: the header is incomplete")
     if zlib.crc32(data[:end]) != CRC.unpack_from(data, end)[0]:
         raise CorruptFileError("header checksum mismatch: the header is damaged")
-    if version not in (1, VERSION):
-        raise UnsupportedFormatError(f"unsupported format version {version} (this reader knows 1 and {VERSION})")
+    if version == 1:
+        raise UnsupportedFormatError("format version 1 (commavq-engine 0.1) is no longer read: "
+                                     "decode the file with that release")
+    if version != VERSION:
+        raise UnsupportedFormatError(f"unsupported format version {version} (this reader knows {VERSION})")
     if flags:
         raise UnsupportedFormatError(f"unsupported format: reserved flags 0x{flags:02x} are set")
     try:
-        header = _parse_body(data[PREFIX.size:end], version)
+        header = _parse_body(data[PREFIX.size:end])
     except (struct.error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptFileError(f"invalid header: {exc}") from exc
     payload = data[end + CRC.size:]
@@ -140,22 +154,21 @@ def unpack(data: bytes) -> tuple[Header, memoryview]:
     return header, payload
 
 
-def _parse_body(body: memoryview, version: int) -> Header:
+def _parse_body(body: memoryview) -> Header:
     """The header's fields, each checked; any ValueError means an invalid header."""
-    (fingerprint, window, stride, lanes, batch, precision, frames, layout, fortran, token_crc,
+    (fingerprint, window, stride, lanes, batch, precision, tables, storage, frames, layout, fortran, token_crc,
      payload_length, payload_crc) = FIXED.unpack_from(body)
     if layout >= len(LAYOUTS) or fortran > 1:
         raise ValueError(f"layout {layout} or Fortran order {fortran} out of range")
     if not 1 <= stride <= window:
         raise ValueError(f"stride {stride} must be 1..window ({window})")
-    if not 1 <= batch <= MAX_BATCH:
-        raise ValueError(f"batch {batch} must be 1..{MAX_BATCH}")
-    if lanes < 1:
-        raise ValueError("lanes must be at least 1")
-    used_lanes = len(lane_bounds(frames, lanes))  # at most min(frames, lanes): a u16
+    if not 0 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch {batch} must be 0..{MAX_BATCH}")
+    if not 1 <= lanes <= MAX_LANES:
+        raise ValueError(f"lanes {lanes} must be 1..{MAX_LANES}")
+    if storage not in (CODED, RAW):
+        raise ValueError(f"storage {storage} is neither coded (0) nor raw (1)")
     offset = FIXED.size
-    lane_words = struct.unpack_from(f"<{used_lanes}I", body, offset)
-    offset += 4 * used_lanes
     (dtype_length,) = struct.unpack_from("<B", body, offset)
     dtype = bytes(body[offset + 1:offset + 1 + dtype_length]).decode("ascii")
     offset += 1 + dtype_length
@@ -164,8 +177,11 @@ def _parse_body(body: memoryview, version: int) -> Header:
         raise ValueError(f"numerics of {numerics_length} bytes (at most {MAX_NUMERICS_BYTES})")
     numerics = json.loads(bytes(body[offset + 2:offset + 2 + numerics_length]))
     offset += 2 + numerics_length
-    npy_version = NPY_VERSION.unpack_from(body, offset) if version >= 2 else (1, 0)
-    offset += NPY_VERSION.size if version >= 2 else 0
+    (mixer_length,) = struct.unpack_from("<B", body, offset)
+    mixer = bytes(body[offset + 1:offset + 1 + mixer_length]).decode("ascii")
+    offset += 1 + mixer_length
+    npy_version = NPY_VERSION.unpack_from(body, offset)
+    offset += NPY_VERSION.size
     if offset != len(body):
         raise ValueError("header length does not match its fields")
     if not DTYPE_PATTERN.fullmatch(dtype) or np.dtype(dtype).str != dtype:
@@ -173,14 +189,35 @@ def _parse_body(body: memoryview, version: int) -> Header:
     _check_numerics(numerics)
     if npy_version not in NPY_VERSIONS:
         raise ValueError(f".npy format version {npy_version} is not one of {NPY_VERSIONS}")
-    if 4 * sum(lane_words) != payload_length:
-        raise ValueError("lane lengths do not add up to the payload length")
+    if not MIXER_TEXT.fullmatch(mixer):
+        raise ValueError(f"mixer {mixer[:40]!r} is not a mixer version")
+    if storage == RAW and payload_length != raw_length(frames):
+        raise ValueError(f"raw payload of {payload_length} bytes for {frames} frames")
+    if storage == CODED and payload_length % 4:
+        raise ValueError(f"coded payload of {payload_length} bytes is not whole 32-bit words")
     return Header(
         fingerprint=bytes(fingerprint).hex(), window=window, stride=stride, lanes=lanes, batch=batch,
         precision=precision, numerics=numerics, dtype=dtype, shape=(frames, *LAYOUTS[layout]),
-        fortran_order=bool(fortran), token_crc=token_crc, lane_words=lane_words, payload_crc=payload_crc,
-        npy_version=npy_version,
+        fortran_order=bool(fortran), token_crc=token_crc, payload_length=payload_length,
+        payload_crc=payload_crc, tables=tables, mixer=mixer, storage=storage, npy_version=npy_version,
     )
+
+
+def raw_length(frames: int) -> int:
+    """Bytes of `frames` frames stored raw: 10 bits per token."""
+    return frames * FRAME_TOKENS * 10 // 8
+
+
+def pack_raw(tokens: np.ndarray) -> bytes:
+    """(T, 128) token ids 0..1023 -> 10 bits each, little-endian bit order."""
+    bits = (tokens.reshape(-1, 1).astype(np.uint16) >> np.arange(10, dtype=np.uint16)) & 1
+    return np.packbits(bits.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_raw(payload: bytes, frames: int) -> np.ndarray:
+    """The inverse of `pack_raw`: (frames, 128) int64."""
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little").reshape(-1, 10)
+    return (bits.astype(np.int64) << np.arange(10)).sum(axis=1).reshape(frames, FRAME_TOKENS)
 
 
 def _check_numerics(numerics: object) -> None:

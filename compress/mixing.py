@@ -70,7 +70,8 @@ class MixerConfig:
     start: int = -1  # every context logit's first value, in units of 1 (the model's is 0)
 
     def __post_init__(self) -> None:
-        if not self.contexts or any(c not in CONTEXTS for c in self.contexts) or len(set(self.contexts)) < len(self.contexts):
+        names = self.contexts
+        if not names or any(c not in CONTEXTS for c in names) or len(set(names)) < len(names):
             raise CompressError(f"contexts must be distinct names from {CONTEXTS}, got {self.contexts!r}")
         if self.prior <= 0 or self.lr < 0 or self.lr_shift < 0 or self.buckets < 1 or abs(self.start) > 12:
             raise CompressError(f"invalid mixer settings: {self}")
@@ -179,7 +180,8 @@ class ContextMixer:
     def _record(self, rows, cells, tokens, freq, model, counts, n, sets, w) -> None:
         pick = np.arange(len(rows))
         m = model[pick, tokens] / TOTAL
-        q = (counts[pick[:, None], self._which, tokens[:, None]] + self.config.prior * m[:, None]) / (n + self.config.prior)
+        prior = self.config.prior
+        q = (counts[pick[:, None], self._which, tokens[:, None]] + prior * m[:, None]) / (n + prior)
         self._token[rows, cells] = tokens
         self._set[rows, cells] = sets
         self._terms[rows, cells] = np.concatenate([(freq[pick, tokens] / TOTAL)[:, None], w, q], axis=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _imagine(args)
     except KeyboardInterrupt:
-        print("python -m engine: interrupted", file=sys.stderr)
-        return 1
+        print("python -m engine: interrupted", file=sys.stderr, flush=True)
+        # Leave at once: an import torch did not finish must not run its exit handlers.
+        os._exit(1)
     except _UserError as exc:
         print(f"python -m engine: error: {exc}", file=sys.stderr)
         return 1

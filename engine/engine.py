@@ -14,6 +14,7 @@ from models import DEFAULT_MODEL_DIR, GPT, fingerprint, load_pretrained
 from .backends import BACKENDS
 from .cuda_graph import ChunkFn, CudaGraphStep
 from .errors import EngineError
+from .exact_runner import ExactRunner
 from .imagine import imagine as _imagine
 from .kv_cache import CacheShape, PagedKVCache
 from .model_runner import ModelRunner
@@ -22,8 +23,11 @@ from .streams import StreamSpec, Streams
 
 
 class Engine:
-    """Wraps a `models.GPT`. `backend`: "triton" (default on CUDA), "torch" (default on the
-    CPU) or "auto". Defaults of dtype and `compile`: see `Numerics.for_engine_options`."""
+    """Wraps a `models.GPT`. `numerics`: "float" (the model's float arithmetic, fastest on a
+    GPU; its bits depend on the machine) or "exact" (integer arithmetic, `exact_runner.py`:
+    the same bits on any machine, batch and call pattern). Float only: `backend` "triton"
+    (default on CUDA), "torch" (default on the CPU) or "auto"; defaults of dtype and
+    `compile`: see `Numerics.for_engine_options`."""
 
     def __init__(
         self,
@@ -35,13 +39,22 @@ class Engine:
         max_batch: int = 8,
         prefill_chunk: int = 4096,
         compile: bool | None = None,
+        numerics: str = "float",
     ) -> None:
         device = resolve_device(device)
-        numerics = Numerics.for_engine_options(
+        if numerics not in ("float", "exact"):
+            raise EngineError(f"numerics must be 'float' or 'exact', got {numerics!r}")
+        if numerics == "exact":
+            if compile or dtype not in (None, torch.float32) or backend not in ("auto", "torch"):
+                raise EngineError("exact numerics run eagerly in their own integer arithmetic: "
+                                  "they take no dtype, backend or compile option")
+            self._build(model.float(), device, Numerics.exact(device), max_batch)
+            return
+        numerics_ = Numerics.for_engine_options(
             device, dtype=dtype, backend=backend, compile=compile, prefill_chunk=prefill_chunk,
             model_dtype=next(model.parameters()).dtype,
         )
-        self._build(model, device, numerics, max_batch)
+        self._build(model, device, numerics_, max_batch)
 
     def _build(self, model: GPT, device: torch.device, numerics: Numerics, max_batch: int) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
@@ -51,19 +64,26 @@ class Engine:
         self.prefill_chunk, self.compile = numerics.prefill_chunk, numerics.compiled
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.config = config = model.config
+        self._graphs: dict[int, CudaGraphStep] = {}
+        self._streams: Streams | None = None
+        if numerics.mode == "exact":  # integer weights and an int8 cache of its own
+            self.runner = ExactRunner(self.model, max_batch=max_batch, device=device)
+            self._forward = self._exact_forward
+            self.batch_invariant = True
+            return
         shape = CacheShape(config.n_layer, max_batch, config.n_positions, config.n_head, config.head_dim)
         self.cache = PagedKVCache(shape, dtype=numerics.cache_dtype, device=device)
         ops = BACKENDS[numerics.backend](self.cache, config.head_dim**-0.5)
         self.batch_invariant = ops.batch_invariant
-        self.runner = ModelRunner(self.model, self.cache, ops)
+        self.runner: ModelRunner | ExactRunner = ModelRunner(self.model, self.cache, ops)
         self._forward = self._runner_forward(numerics)
-        self._graphs: dict[int, CudaGraphStep] = {}
-        self._streams: Streams | None = None
+
+    def _exact_forward(self, tokens, start, query_lens, fresh: bool = False, kv_len: int | None = None):
+        """`ChunkFn` over the exact runner, which bounds the keys it reads by itself."""
+        return self.runner.forward(tokens, start, query_lens, fresh)
 
     def _runner_forward(self, numerics: Numerics) -> ChunkFn:
-        """The chunk forward these numerics call for: the one place a new mode plugs in."""
-        if numerics.mode != "float":
-            raise EngineError(f"{numerics.mode} numerics are not available yet")
+        """The float chunk forward, compiled or not."""
         if not numerics.compiled:
             return self.runner.forward
         _allow_recompiles_per_bucket()
@@ -78,6 +98,10 @@ class Engine:
         machine's, so comparing them with `numerics` tells whether the logits can match."""
         device = resolve_device(numerics.device)
         numerics.set_threads()
+        if numerics.mode == "exact":
+            if not isinstance(model, GPT):
+                model = load_pretrained(Path(model) if model is not None else DEFAULT_MODEL_DIR, dtype=torch.float32)
+            return cls(model, device=device, max_batch=max_batch, numerics="exact")
         if not isinstance(model, GPT):
             model = load_pretrained(Path(model) if model is not None else DEFAULT_MODEL_DIR, dtype=numerics.torch_dtype)
         here = Numerics.for_engine_options(
@@ -102,19 +126,25 @@ class Engine:
         """`path`: a local checkpoint directory (see `models.load_pretrained`); None is the
         small default model shipped in the package. `dtype` defaults to `fast_dtype`."""
         device = resolve_device(device)
+        if options.get("numerics") == "exact":
+            dtype = dtype or torch.float32
         dtype = dtype or fast_dtype(device, backend)
         model = load_pretrained(Path(path) if path is not None else DEFAULT_MODEL_DIR, dtype=dtype)
         return cls(model, device=device, dtype=dtype, backend=backend, max_batch=max_batch, **options)
 
     @cached_property
     def fingerprint(self) -> str:
+        """SHA-256 of what the logits are computed from: the weights (float), or the integers
+        and tables they were quantized to (exact)."""
+        if isinstance(self.runner, ExactRunner):
+            return self.runner.fingerprint
         return fingerprint(self.model)
 
     @property
     def numerics(self) -> Numerics:
         """Everything besides the weights that the bits of the logits depend on, as of now:
         torch's thread count is process-wide and read at each call."""
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and self._numerics.mode == "float":
             return dataclasses.replace(self._numerics, threads=torch.get_num_threads())
         return self._numerics
 
@@ -126,7 +156,7 @@ class Engine:
         if self._streams is not None:
             self._streams.close()  # one cache: the new streams overwrite the old ones' K/V
         decode = self._forward
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self._numerics.mode == "float":
             if batch_size not in self._graphs:
                 self._graphs[batch_size] = CudaGraphStep(self._forward, batch_size, self.device)
             decode = self._graphs[batch_size]
@@ -134,6 +164,14 @@ class Engine:
         spec = StreamSpec(self.device, config.vocab_size, config.n_positions, self.prefill_chunk, self._forward, decode)
         self._streams = Streams(spec, batch_size)
         return self._streams
+
+    def score(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing, exact numerics only: int64 `tokens [B, L]` from position 0 ->
+        float32 logits `[B, L, vocab]` for every position, bit-identical to what a prefill
+        of the first t+1 tokens (or a prefill and steps) gives at position t."""
+        if not isinstance(self.runner, ExactRunner):
+            raise EngineError("score() needs exact numerics: float logits depend on the call's shape")
+        return self.runner.score(tokens.to(self.device))
 
     # `engine.imagine(tokens, n, ...)`: imagine.py's function, a client of the streams above.
     imagine = _imagine

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .errors import EngineError
 from .quantize import QMAX, TINY, QuantizedLinear
@@ -166,7 +167,10 @@ def prob_max(n_positions: int) -> tuple[int, torch.dtype]:
     return (min(p, 2**14 - 1), torch.float32) if p >= 2**9 - 1 else (2**14 - 1, torch.float64)
 
 
-def attention(q, q_scale, k, k_scale, v, v_scale, allowed, table: torch.Tensor, pv_max: tuple[int, torch.dtype]):
+def attention(
+    q: Tensor, q_scale: Tensor, k: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor,
+    allowed: Tensor, table: Tensor, pv_max: tuple[int, torch.dtype],
+) -> Tensor:
     """q int8 [..., Tq, d], k/v int8 [..., Tk, d], scales [..., T], allowed bool [..., Tq, Tk]
     (every query row must allow key 0) -> float32 [..., Tq, d]. Queries go in blocks, each
     reading keys only up to the last one it may see: the rest would get weight exactly 0."""
@@ -180,7 +184,10 @@ def attention(q, q_scale, k, k_scale, v, v_scale, allowed, table: torch.Tensor, 
     return torch.cat(out, dim=-2)
 
 
-def _attention(q, q_scale, k, k_scale, v, v_scale, allowed, table, p_max: int, pv_dtype: torch.dtype):
+def _attention(
+    q: Tensor, q_scale: Tensor, k: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor,
+    allowed: Tensor, table: Tensor, p_max: int, pv_dtype: torch.dtype,
+) -> Tensor:
     """QK^T: float32 matmul of integers, |sum| <= 127**2 * d < 2**24 for d <= 1040: exact.
     u = QK * (k_scale * 2**8 log2(e) / sqrt(d)), masked to -inf; the exponent on a 2**-8
     grid is i = trunc((max u - u) * q_scale) (>= 0; computed on -u), E = table[i] = floor(2**20 * 2**(-i/256))

@@ -13,6 +13,8 @@ FMAs and approximates division, so an exact-mode engine should refuse `compile`.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from models import GPT
@@ -24,6 +26,7 @@ from .quantize import QuantizedGPT, quantize_model, quantized_fingerprint
 # Rows of a `score` call go in chunks of about this many tokens (memory: gpt2m's MLP
 # activations are 16 KiB per token); every op is row-local, so chunking changes no bit.
 SCORE_CHUNK_TOKENS = 2**15
+Pair = tuple[torch.Tensor, torch.Tensor]  # int8 values and their float32 scales
 
 
 class ExactRunner:
@@ -51,7 +54,7 @@ class ExactRunner:
         self.k_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=self.device)
         self.v_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=self.device)
 
-    def _blocks(self, x: torch.Tensor, rows: int, chunk: int, attend) -> torch.Tensor:
+    def _blocks(self, x: torch.Tensor, rows: int, chunk: int, attend: Callable[..., torch.Tensor]) -> torch.Tensor:
         """x float32 [rows * chunk, n_embd] through every block; `attend(layer, q, k, v)`
         gets quantized (int8 [rows, heads, chunk, d], scale [rows, heads, chunk]) pairs."""
         w, path = self.weights, self.matmul_path
@@ -92,6 +95,8 @@ class ExactRunner:
         ends = start + query_lens
         if bool((start < 0).any()) or bool((query_lens < 0).any()) or bool((query_lens > chunk).any()):
             raise EngineError("start and query_lens must be >= 0 and query_lens <= chunk length")
+        if fresh and bool(start.any()):
+            raise EngineError("fresh=True needs start == 0 for every row")
         if bool((ends > self.config.n_positions).any()):
             raise EngineError(f"positions run past n_positions={self.config.n_positions}")
         offsets = torch.arange(chunk, device=tokens.device)
@@ -104,7 +109,7 @@ class ExactRunner:
         row_ids, pos_ids = torch.nonzero(valid, as_tuple=True)
         write_pos = positions[row_ids, pos_ids]
 
-        def attend(layer: int, q, k, v):
+        def attend(layer: int, q: Pair, k: Pair, v: Pair) -> torch.Tensor:
             for cache, scales, (values, scale) in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
                 cache[layer][row_ids, write_pos] = values.transpose(1, 2)[row_ids, pos_ids]
                 scales[layer][row_ids, write_pos] = scale.transpose(1, 2)[row_ids, pos_ids]
@@ -138,7 +143,7 @@ class ExactRunner:
         positions = torch.arange(length, device=tokens.device)
         causal = positions[None, :] <= positions[:, None]
 
-        def attend(layer: int, q, k, v):
+        def attend(layer: int, q: Pair, k: Pair, v: Pair) -> torch.Tensor:
             return ops.attention(*q, *k, *v, causal, self.exp_table, self.pv_max)
 
         x = self._embed(tokens, positions.expand(rows, length)).view(rows * length, -1)

@@ -16,7 +16,10 @@ import torch
 
 from .errors import EngineError
 
-MODES = ("float",)  # "exact" (integer arithmetic) is being built; see `Engine._runner_forward`
+MODES = ("float", "exact")
+# The exact mode's arithmetic (`exact_ops`, `quantize`): bump it with any change that could
+# move a bit of its logits. A file records it; the integers' fingerprint records the weights.
+EXACT_VERSION = 1
 BACKENDS = ("torch", "triton")
 DEVICES = ("cpu", "cuda")
 _MAX_TEXT = 64
@@ -86,16 +89,22 @@ class Numerics:
         if self.device == "cpu" and self.threads is not None and self.threads != torch.get_num_threads():
             torch.set_num_threads(self.threads)
 
+    @classmethod
+    def exact(cls, device: torch.device) -> Numerics:
+        """Exact integer numerics on `device`: the same bits on any machine, so nothing about
+        the machine (threads, ISA, device, batch) is part of the contract."""
+        return cls(backend="torch", dtype="float32", device=device.type, compiled=False, mode="exact")
+
     def to_dict(self) -> dict[str, str | int]:
-        """The header form: the keys files have always had (machine facts only where they
-        apply), plus "mode" only when it is not "float", so float files keep their bytes."""
+        """The header form. Float: the keys files have always had (machine facts only where
+        they apply). Exact: the mode and the version of its arithmetic, nothing else."""
+        if self.mode == "exact":
+            return {"mode": "exact", "version": EXACT_VERSION}
         out: dict[str, str | int] = {"backend": self.backend, "dtype": self.dtype, "device": self.device,
                                      "prefill_chunk": self.prefill_chunk, "compiled": int(self.compiled)}
         for name in ("threads", "cpu_capability", "gpu"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
-        if self.mode != "float":
-            out["mode"] = self.mode
         return out
 
     @classmethod
@@ -103,6 +112,10 @@ class Numerics:
         """The inverse of `to_dict`, for untrusted input: every key and value is checked."""
         if not isinstance(d, dict):
             raise EngineError(f"numerics must be a dict, got {type(d).__name__}")
+        if d.get("mode") == "exact":
+            if d != {"mode": "exact", "version": EXACT_VERSION}:
+                raise EngineError(f"exact numerics {_shown(d)} are not version {EXACT_VERSION}, the one this engine computes")
+            return cls.exact(resolve_device(None))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(map(str, d.keys() - known))
         if unknown:

@@ -1,4 +1,5 @@
-"""encode/decode with a tiny random model: round trips, batching, mismatches, bad files."""
+"""encode/decode with tiny random models in exact and float numerics: round trips, the
+teacher-forced encoder against the step-by-step decoder, batching, mismatches, bad files."""
 import dataclasses
 import struct
 import time
@@ -13,7 +14,9 @@ from hypothesis.extra.numpy import arrays
 
 import compress
 from compress import CodecParams, CompressError, CorruptFileError, ModelMismatchError, UnsupportedFormatError
-from compress.format import PREFIX, pack, unpack
+from compress.coder import TokenEncoder
+from compress.format import PREFIX, RAW, VERSION, pack, raw_length, unpack
+from compress.lanes import Segment, encode_teacher_forced, run_lockstep
 from engine import Engine
 from models import GPT, GPTConfig, save_pretrained
 
@@ -21,10 +24,16 @@ WINDOW = 3  # frames: enough for every stride/context combination
 DTYPES = ["<i2", ">i2", "<i8", "<u2", ">u4", "|u1", "|i1", "<i4"]
 
 
-def tiny_engine(directory, seed: int, compile: bool = False) -> Engine:
+def tiny_model(directory, seed: int) -> None:
     torch.manual_seed(seed)
     config = GPTConfig(n_positions=WINDOW * 129, n_layer=1, n_head=2, n_embd=16, n_inner=32)
     save_pretrained(GPT(config), directory)
+
+
+def tiny_engine(directory, seed: int, numerics: str = "float", compile: bool = False) -> Engine:
+    tiny_model(directory, seed)
+    if numerics == "exact":
+        return Engine.from_pretrained(directory, max_batch=4, numerics="exact")
     return Engine.from_pretrained(directory, backend="torch", dtype=torch.float32, max_batch=4, compile=compile)
 
 
@@ -34,14 +43,22 @@ def engine(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def exact_engine(tmp_path_factory):
+    return tiny_engine(tmp_path_factory.mktemp("tiny_exact"), seed=0, numerics="exact")
+
+
+@pytest.fixture(scope="module")
 def other_engine(tmp_path_factory):
     return tiny_engine(tmp_path_factory.mktemp("other"), seed=1)
 
 
 @pytest.fixture(scope="module")
 def sample(engine):
-    tokens = np.random.default_rng(0).integers(0, 1024, size=(2, 8, 16)).astype(np.int16)
-    return tokens, compress.encode(tokens, engine=engine)
+    frame = np.random.default_rng(0).integers(0, 1024, size=(1, 8, 16)).astype(np.int16)
+    tokens = np.concatenate([frame, frame])  # a repeated frame: the mixer learns it, so coding pays
+    data = compress.encode(tokens, engine=engine)
+    assert compress.read_header(data).storage != RAW
+    return tokens, data
 
 
 @st.composite
@@ -49,24 +66,69 @@ def token_arrays(draw):
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
     shape = (draw(st.integers(0, 4)), *draw(st.sampled_from([(128,), (8, 16)])))
     high = min(1023, np.iinfo(dtype).max)
-    tokens = draw(arrays(dtype, shape, elements=st.integers(0, high)))
+    # Few distinct ids, so that the model and the mixer have something to learn.
+    tokens = draw(arrays(dtype, shape, elements=st.integers(0, high) | st.sampled_from([0, 7, high])))
     return np.asfortranarray(tokens) if draw(st.booleans()) else tokens
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tokens=token_arrays(), stride=st.integers(1, WINDOW), lanes=st.integers(1, 3))
-def test_round_trip_restores_the_exact_array(engine, tokens, stride, lanes):
-    data = compress.encode(tokens, engine=engine, stride=stride, lanes=lanes)
-    restored = compress.decode(data, engine=engine)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=token_arrays(), stride=st.integers(1, WINDOW - 1), lanes=st.integers(1, 3), mixing=st.booleans(),
+       exact=st.booleans())
+def test_round_trip_restores_the_exact_array(engine, exact_engine, tokens, stride, lanes, mixing, exact):
+    chosen = exact_engine if exact else engine
+    data = compress.encode(tokens, engine=chosen, stride=stride, lanes=lanes, mixing=mixing)
+    restored = compress.decode(data, engine=chosen)
     assert restored.dtype == tokens.dtype and restored.shape == tokens.shape
     assert np.isfortran(restored) == np.isfortran(tokens)
     assert restored.tobytes(order="A") == tokens.tobytes(order="A")
 
 
-def test_a_segment_codes_identically_whatever_it_is_batched_with(engine):
+class RecordingEncoder(TokenEncoder):
+    """Keeps every table and token it codes, in stream order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables, self.tokens = [], []
+
+    def encode(self, tokens, freq) -> None:
+        self.tables.append(np.array(freq))
+        self.tokens.append(np.array(tokens).reshape(-1))
+        super().encode(tokens, freq)
+
+
+@pytest.mark.parametrize("stride, lanes, mixing", [(1, 1, True), (2, 2, True), (1, 3, False)])
+def test_teacher_forced_tables_equal_the_step_by_step_tables_bitwise(exact_engine, stride, lanes, mixing):
+    """The exact encoder's one-pass tables are the decoder's prefill-and-step tables."""
+    tokens = np.random.default_rng(stride + lanes).integers(0, 1024, size=(7, 128))
+    tokens[1::2] = tokens[0]  # repeated frames: the mixer's counts come into play
+    params = CodecParams(WINDOW, stride, lanes, 4, mixing)
+    forced = Segment(tokens, params, encoder=RecordingEncoder())
+    encode_teacher_forced(exact_engine, forced)
+    stepped = Segment(tokens, params, encoder=RecordingEncoder())
+    run_lockstep(exact_engine, [stepped], len(stepped.bounds))
+    for segment in (forced, stepped):
+        segment.tables, segment.tokens = np.concatenate(segment.encoder.tables), np.concatenate(segment.encoder.tokens)
+    assert forced.tables.shape == (tokens.size, 1024)
+    assert np.array_equal(forced.tokens, stepped.tokens)
+    assert np.array_equal(forced.tables, stepped.tables)
+    assert forced.encoder.finish().tobytes() == stepped.encoder.finish().tobytes()
+
+
+def test_segments_decode_identically_alone_and_together(exact_engine):
+    rng = np.random.default_rng(1)
+    segments = [rng.integers(0, 1024, size=(t, 128)) for t in (3, 1, 5, 2)]
+    params = CodecParams(window=WINDOW, stride=1, lanes=2)
+    together = [e.data for e in compress.encode_many(segments, exact_engine, params)]
+    alone = [compress.encode_many([s], exact_engine, params)[0].data for s in segments]
+    assert together == alone
+    for segment, restored in zip(segments, compress.decode_many(together[::-1], exact_engine)[::-1]):
+        assert (restored == segment).all()
+
+
+def test_float_segments_code_identically_whatever_they_are_batched_with(engine):
     rng = np.random.default_rng(1)
     segments = [rng.integers(0, 1024, size=(t, 128)) for t in (3, 1, 2)]
-    params = CodecParams(window=WINDOW, stride=1, lanes=2, batch=4)
+    params = CodecParams(window=WINDOW, stride=1, lanes=1, batch=4)
     together = [e.data for e in compress.encode_many(segments, engine, params)]
     alone = [compress.encode_many([s], engine, params)[0].data for s in segments]
     assert together == alone
@@ -74,16 +136,39 @@ def test_a_segment_codes_identically_whatever_it_is_batched_with(engine):
         assert (restored == segment).all()
 
 
-def test_header_holds_the_determinism_contract(engine, sample):
+def test_exact_header_records_no_machine_facts(exact_engine):
+    tokens = np.zeros((2, 128), np.int16)
+    header = compress.read_header(compress.encode(tokens, engine=exact_engine))
+    assert header.numerics == {"mode": "exact", "version": 1} and header.batch == 0
+    assert header.fingerprint == exact_engine.fingerprint and header.mixer.startswith("mix")
+    assert compress.read_header(compress.encode(tokens, engine=exact_engine, mixing=False)).mixer == ""
+
+
+def test_float_header_holds_the_determinism_contract(engine, sample):
     header = compress.read_header(sample[1])
-    assert header.fingerprint == engine.fingerprint and header.numerics == engine.numerics
+    assert header.fingerprint == engine.fingerprint and header.numerics == engine.numerics.to_dict()
     assert (header.window, header.stride, header.lanes, header.batch) == (WINDOW, 1, 1, 1)  # one lane: one row
     assert header.shape == (2, 8, 16) and header.dtype == "<i2"
+
+
+def test_incompressible_segments_are_stored_raw(exact_engine):
+    tokens = np.random.default_rng(5).integers(0, 1024, size=(3, 128)).astype(np.int16)
+    data = compress.encode(tokens, engine=exact_engine)
+    header = compress.read_header(data)
+    assert header.storage == RAW and header.payload_length == raw_length(3)
+    assert compress.decode(data, engine=exact_engine).tobytes() == tokens.tobytes()
 
 
 def test_a_different_model_is_a_model_mismatch(other_engine, sample):
     with pytest.raises(ModelMismatchError, match="model mismatch"):
         compress.decode(sample[1], engine=other_engine)
+
+
+def test_an_exact_file_needs_an_exact_engine(engine, exact_engine):
+    data = compress.encode(np.zeros((4, 128), np.int16), engine=exact_engine)
+    assert compress.read_header(data).storage != RAW
+    with pytest.raises(ModelMismatchError):
+        compress.decode(data, engine=engine)
 
 
 def test_different_numerics_are_a_model_mismatch(tmp_path, sample):
@@ -124,7 +209,8 @@ def test_invalid_token_arrays_are_refused(engine, tokens):
         compress.encode(tokens, engine=engine)
 
 
-@pytest.mark.parametrize("options", [dict(window=WINDOW + 1), dict(window=0), dict(stride=WINDOW + 1), dict(lanes=0)])
+@pytest.mark.parametrize("options", [dict(window=WINDOW + 1), dict(window=0), dict(stride=WINDOW), dict(lanes=0),
+                                     dict(lanes=65)])
 def test_invalid_parameters_are_refused(engine, options):
     with pytest.raises(CompressError):
         compress.encode(np.zeros((1, 128), np.int16), engine=engine, **options)
@@ -138,7 +224,7 @@ def assert_fails_fast(data: bytes, engine, error=CompressError) -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=400) | st.binary(max_size=200).map(lambda b: b"\xfeCVQ\x01\x00" + b))
+@given(data=st.binary(max_size=400) | st.binary(max_size=200).map(lambda b: b"\xfeCVQ\x02\x00" + b))
 def test_random_bytes_raise_only_compress_errors(engine, data):
     assert_fails_fast(data, engine)
 
@@ -166,10 +252,17 @@ def with_prefix(data: bytes, version: int, flags: int) -> bytes:
     return head + struct.pack("<I", zlib.crc32(head)) + data[end + 4 :]
 
 
-@pytest.mark.parametrize("version, flags", [(2, 0), (1, 1), (1, 0x80)])
-def test_newer_versions_and_reserved_flags_are_unsupported(engine, sample, version, flags):
+@pytest.mark.parametrize("version, flags", [(VERSION + 1, 0), (1, 0), (VERSION, 1), (VERSION, 0x80)])
+def test_other_versions_and_reserved_flags_are_unsupported(engine, sample, version, flags):
     with pytest.raises(UnsupportedFormatError):
         compress.decode(with_prefix(sample[1], version, flags), engine=engine)
+
+
+@pytest.mark.parametrize("changes", [dict(tables=1), dict(mixer="mix9:unknown")])
+def test_unknown_tables_or_mixers_are_unsupported(engine, sample, changes):
+    header, payload = unpack(sample[1])
+    with pytest.raises(UnsupportedFormatError):
+        compress.decode(pack(dataclasses.replace(header, **changes), bytes(payload)), engine=engine)
 
 
 def test_a_checksummed_header_claiming_huge_arrays_fails_fast(engine, sample):

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import compress
 from compress import CompressError, CorruptFileError
 from compress.format import (
-    FIXED, LAYOUTS, MAX_BATCH, lane_bounds, MAX_NUMERICS_BYTES, NPY_VERSION, PREFIX, VERSION, Header, pack, repack, unpack,
+    CODED, FIXED, LAYOUTS, MAX_BATCH, MAX_LANES, MAX_NUMERICS_BYTES, PREFIX, RAW, VERSION, Header, pack, raw_length,
+    repack, unpack,
 )
 
 TIME_BUDGET = 0.2  # seconds for a refused file: checks only, no model work
@@ -25,9 +26,13 @@ MEMORY_BUDGET_KB = 300_000  # peak RSS growth over a whole test
 
 @pytest.fixture(scope="module")
 def sample() -> tuple[np.ndarray, bytes]:
-    """A real file: two frames coded by the shipped default model."""
-    tokens = np.random.default_rng(0).integers(0, 1024, size=(2, 8, 16)).astype(np.int16)
-    return tokens, compress.encode(tokens)
+    """A real file: three frames coded by the shipped default model at the defaults (one
+    frame repeated, so that coding pays and the file is not stored raw)."""
+    frame = np.random.default_rng(0).integers(0, 1024, size=(1, 8, 16)).astype(np.int16)
+    tokens = np.concatenate([frame] * 3)
+    data = compress.encode(tokens)
+    assert unpack(data)[0].storage == CODED
+    return tokens, data
 
 
 def max_rss_kb() -> int:
@@ -50,7 +55,9 @@ def hostile_headers(draw, original: Header):
         "precision": st.integers(0, 255),
         "shape": st.tuples(u32 | st.integers(0, 5), st.sampled_from(LAYOUTS)).map(lambda s: (s[0], *s[1])),
         "fortran_order": st.booleans(), "token_crc": u32, "payload_crc": u32,
-        "lane_words": st.lists(u32 | st.integers(0, 8), max_size=6).map(tuple),
+        "payload_length": st.integers(0, 64) | st.integers(0, 2**64 - 1),
+        "tables": st.integers(0, 255), "storage": st.integers(0, 255),
+        "mixer": st.text(max_size=30) | st.sampled_from(["", original.mixer, original.mixer + "x"]),
         "dtype": st.text(max_size=12) | st.sampled_from(["<i2", ">i1", "|u1", "<f4", "|b1", "<i16", "O", "<u8"]),
         "numerics": (st.dictionaries(st.text(max_size=40), JSON_VALUES, max_size=6)
                      | st.builds(lambda k, v: {**original.numerics, k: v},
@@ -78,9 +85,9 @@ def test_hostile_headers_with_valid_checksums_are_refused_fast_or_bounded(sample
     original, payload = unpack(sample[1])
     rss = max_rss_kb()
     header = data.draw(hostile_headers(original))
-    words = sum(header.lane_words)
-    if words <= 64 and data.draw(st.booleans()):  # as long as the header says: length checks pass
-        payload = data.draw(st.binary(min_size=4 * words, max_size=4 * words))
+    length = header.payload_length
+    if length <= 256 and data.draw(st.booleans()):  # as long as the header says: length checks pass
+        payload = data.draw(st.binary(min_size=length, max_size=length))
     file = repacked(header, bytes(payload))
     if file is None:
         return
@@ -90,8 +97,9 @@ def test_hostile_headers_with_valid_checksums_are_refused_fast_or_bounded(sample
     except CompressError:
         assert time.perf_counter() - start < TIME_BUDGET
         return
-    assert 1 <= accepted.batch <= MAX_BATCH and 1 <= accepted.stride <= accepted.window and accepted.lanes >= 1
-    assert len(accepted.lane_words) == len(lane_bounds(accepted.frames, accepted.lanes))
+    assert 0 <= accepted.batch <= MAX_BATCH and 1 <= accepted.stride <= accepted.window
+    assert 1 <= accepted.lanes <= MAX_LANES and accepted.storage in (CODED, RAW)
+    assert accepted.storage == CODED or accepted.payload_length == raw_length(accepted.frames)
     assert len(json.dumps(accepted.numerics)) <= MAX_NUMERICS_BYTES
     assert max_rss_kb() - rss < MEMORY_BUDGET_KB
 
@@ -100,13 +108,13 @@ def test_hostile_headers_with_valid_checksums_are_refused_fast_or_bounded(sample
 def plausible_headers(draw, original: Header):
     """Changes that pass the format's checks and reach the model: tiny files only."""
     frames = draw(st.integers(0, 2))
-    lanes = draw(st.integers(1, 4))
-    used = len(lane_bounds(frames, lanes))
+    storage = draw(st.sampled_from([CODED, RAW]))
     return dataclasses.replace(
-        original, window=draw(st.integers(1, 3)), stride=1, lanes=lanes, batch=draw(st.integers(1, MAX_BATCH)),
-        shape=(frames, *draw(st.sampled_from(LAYOUTS))), fortran_order=draw(st.booleans()),
-        token_crc=draw(st.sampled_from([original.token_crc, 0])),
-        lane_words=tuple(draw(st.integers(0, 3)) for _ in range(used)),
+        original, window=draw(st.integers(1, 3)), stride=1, lanes=draw(st.integers(1, 4)),
+        batch=draw(st.sampled_from([0, 0, 1, MAX_BATCH])), shape=(frames, *draw(st.sampled_from(LAYOUTS))),
+        fortran_order=draw(st.booleans()), token_crc=draw(st.sampled_from([original.token_crc, 0])),
+        storage=storage, payload_length=raw_length(frames) if storage == RAW else 4 * draw(st.integers(0, 3)),
+        mixer=draw(st.sampled_from([original.mixer, ""])),
     )
 
 
@@ -115,8 +123,7 @@ def plausible_headers(draw, original: Header):
 def test_plausible_hostile_headers_decode_or_fail_with_compress_errors(sample, data):
     original, _ = unpack(sample[1])
     header = data.draw(plausible_headers(original))
-    file = repacked(header, data.draw(st.binary(min_size=4 * sum(header.lane_words),
-                                                max_size=4 * sum(header.lane_words))))
+    file = repacked(header, data.draw(st.binary(min_size=header.payload_length, max_size=header.payload_length)))
     rss, start = max_rss_kb(), time.perf_counter()
     try:
         restored = compress.decode(file)
@@ -126,7 +133,7 @@ def test_plausible_hostile_headers_decode_or_fail_with_compress_errors(sample, d
     assert time.perf_counter() - start < DECODE_BUDGET and max_rss_kb() - rss < MEMORY_BUDGET_KB
 
 
-@pytest.mark.parametrize("batch", [0, MAX_BATCH + 1, 2000, 2**16 - 1])
+@pytest.mark.parametrize("batch", [MAX_BATCH + 1, 2000, 2**16 - 1])
 def test_a_huge_batch_is_refused_before_any_allocation(sample, batch):
     rss, start = max_rss_kb(), time.perf_counter()
     with pytest.raises(CorruptFileError, match="batch"):
@@ -183,20 +190,18 @@ def test_empty_and_foreign_files_are_not_compressed_files():
         unpack(b"\x93NUMPY\x01\x00v\x00")
 
 
-def as_version_1(data: bytes) -> bytes:
-    """A version-1 file: version 2's body without its trailing .npy version."""
-    _, _, flags, length = PREFIX.unpack_from(data)
-    body = data[PREFIX.size:PREFIX.size + length - NPY_VERSION.size]
-    head = PREFIX.pack(data[:4], 1, flags, len(body)) + body
-    return head + struct.pack("<I", zlib.crc32(head)) + data[PREFIX.size + length + 4:]
+def test_version_1_files_are_refused_with_the_release_that_reads_them(sample):
+    _, _, flags, length = PREFIX.unpack_from(sample[1])
+    head = PREFIX.pack(sample[1][:4], 1, flags, length) + sample[1][PREFIX.size:PREFIX.size + length]
+    old = head + struct.pack("<I", zlib.crc32(head)) + sample[1][PREFIX.size + length + 4:]
+    with pytest.raises(compress.UnsupportedFormatError, match="version 1.*0.1"):
+        unpack(old)
 
 
-def test_version_1_files_still_decode(sample):
-    tokens, data = sample
-    assert data[4] == VERSION == 2
-    old = as_version_1(data)
-    assert unpack(old)[0] == unpack(data)[0]
-    assert compress.decode(old).tobytes() == tokens.tobytes()
+@pytest.mark.parametrize("changes", [dict(storage=2), dict(storage=RAW), dict(mixer="bad mixer\n")])
+def test_storage_and_mixer_fields_are_checked(sample, changes):
+    with pytest.raises(CorruptFileError):
+        unpack(repack(sample[1], **changes))
 
 
 @pytest.mark.parametrize("version", [(2, 0), (3, 0)])
@@ -206,10 +211,11 @@ def test_the_npy_version_is_kept_and_checked(sample, version):
         unpack(repack(sample[1], npy_version=(version[0] + 2, 0)))
 
 
-def test_the_fixed_fields_keep_their_version_1_layout():
-    # fingerprint 32, window/stride/lanes/batch u16, precision u8, frames u32, layout u8,
-    # fortran u8, token CRC u32, payload length u64, payload CRC u32
-    assert FIXED.size == 32 + 4 * 2 + 1 + 4 + 1 + 1 + 4 + 8 + 4
+def test_the_fixed_fields_keep_their_documented_layout():
+    # fingerprint 32, window/stride/lanes/batch u16, precision/tables/storage u8, frames u32,
+    # layout u8, fortran u8, token CRC u32, payload length u64, payload CRC u32 (docs/FORMAT.md)
+    assert FIXED.size == 32 + 4 * 2 + 3 * 1 + 4 + 1 + 1 + 4 + 8 + 4
+    assert VERSION == 2
 
 
 def test_an_intact_file_decoding_to_other_tokens_says_what_to_check(sample):

@@ -278,5 +278,7 @@ def test_bad_input_raises(runner: ExactRunner) -> None:
         runner.forward(torch.zeros(9, 1, dtype=torch.int64), lens(*[0] * 9), lens(*[1] * 9))
     with pytest.raises(EngineError, match="n_positions"):
         runner.forward(good, lens(256), lens(4))
+    with pytest.raises(EngineError, match="fresh"):
+        runner.forward(good, lens(3), lens(4), fresh=True)
     with pytest.raises(EngineError, match="tokens per row"):
         runner.score(torch.zeros(1, 259, dtype=torch.int64))

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import models
 from engine import Engine, EngineError, Numerics
+from engine.numerics import EXACT_VERSION
 from models import GPTConfig
 
 TINY = GPTConfig(vocab_size=1025, frame_tokens=8, n_positions=27, n_layer=1, n_head=2, n_embd=16, n_inner=32)
@@ -47,9 +48,14 @@ def test_from_numerics_sets_the_thread_count(engine: Engine) -> None:
         torch.set_num_threads(before)
 
 
-def test_exact_mode_is_refused_in_one_place(engine: Engine) -> None:
-    with pytest.raises(EngineError, match="mode"):
-        Numerics.from_dict({**GOOD, "mode": "exact"})  # not a known mode yet
+def test_exact_numerics_record_their_version_and_nothing_about_the_machine(engine: Engine) -> None:
+    exact = Engine(engine.model, numerics="exact", max_batch=1).numerics
+    assert exact.to_dict() == {"mode": "exact", "version": EXACT_VERSION}
+    assert Numerics.from_dict(exact.to_dict()).mode == "exact"
+    for forged in ({**GOOD, "mode": "exact"}, {"mode": "exact", "version": EXACT_VERSION + 1},
+                   {"mode": "exact", "version": EXACT_VERSION, "threads": 2}, {"mode": "exact"}):
+        with pytest.raises(EngineError, match="exact numerics .* version"):
+            Numerics.from_dict(forged)
     assert "mode" not in engine.numerics.to_dict()  # float files keep today's header bytes
 
 

@@ -1,0 +1,221 @@
+"""Segments -> lanes -> windows: the schedule of model calls and coded tokens.
+
+A segment of T frames is split into `lanes` contiguous runs of frames, each coded on its own
+from no context. Lanes run in lockstep (at step s every running lane codes token s of its
+own run), and the lanes of one segment share one range-coded stream, interleaved in that
+order (`coder.interleaved_rows`). Within a lane, frames are coded in windows: up to
+`window - stride` context frames, each behind BOS, then `stride` coded frames.
+
+The decoder cannot see the future: per window it prefills the context and the first coded
+frame's BOS, then steps token by token (BOS is stepped between coded frames), exactly the
+calls imagine makes. The encoder gets the same logits two ways:
+- exact numerics: one teacher-forced `engine.score` over many whole windows at once; the
+  engine guarantees those logits equal the decoder's prefill-and-step logits, bit for bit;
+- float numerics: it makes the decoder's own calls (float logits depend on call shapes).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.tokens import FRAME_TOKENS
+
+from .coder import TokenDecoder, TokenEncoder, code_length, interleaved_rows
+from .errors import CompressError
+from .format import lane_bounds
+from .frequencies import frequency_tables
+from .mixing import ContextMixer
+
+Progress = Callable[[int], None]  # called with the number of tokens just coded
+SCORE_TOKENS = 16384  # teacher-forced tokens per engine.score call: big GEMMs, bounded memory
+
+
+@dataclass(frozen=True)
+class CodecParams:
+    window: int  # frames per model window (context + coded); <= the model's frames_per_window
+    stride: int = 1  # frames coded per window; the rest of the window is context
+    lanes: int = 1  # independent runs a segment is split into, to fill a batch
+    batch: int = 1  # float numerics only: streams per engine call (a row's logits depend on it)
+    mixing: bool = True  # mix the model with counts learned while coding (`mixing.py`)
+
+
+@dataclass
+class Segment:
+    """One segment's lanes and its one interleaved stream."""
+
+    frames: np.ndarray  # (T, 128) int64: the tokens to encode, or filled in as decoded
+    params: CodecParams
+    decoder: TokenDecoder | None = None
+    encoder: TokenEncoder = field(default_factory=TokenEncoder)
+    ideal_bits: float = 0.0  # sum(-log2 p) of the coded tokens under their tables
+
+    def __post_init__(self) -> None:
+        self.bounds = lane_bounds(len(self.frames), self.params.lanes)
+        self.lengths = np.array([b - a for a, b in self.bounds], dtype=np.int64)
+        self.mixer = ContextMixer(len(self.bounds)) if self.params.mixing and self.bounds else None
+
+    def lane(self, index: int) -> np.ndarray:
+        start, end = self.bounds[index]
+        return self.frames[start:end]
+
+
+def windows(frames: int, params: CodecParams) -> Iterator[tuple[int, int, int]]:
+    """(first context frame, first coded frame, end) of each window of a lane of `frames`."""
+    for first in range(0, frames, params.stride):
+        yield max(0, first - (params.window - params.stride)), first, min(first + params.stride, frames)
+
+
+def check_params(params: CodecParams, engine) -> None:
+    limit = engine.config.frames_per_window
+    if not 1 <= params.window <= limit:
+        raise CompressError(f"window must be 1..{limit} frames for this model, got {params.window}")
+    # stride == window > 1 would code a frame of every window with no context at all.
+    if not 1 <= params.stride <= max(1, params.window - 1):
+        raise CompressError(f"stride must be 1..window-1 ({max(1, params.window - 1)}), got {params.stride}")
+    if not 1 <= params.lanes <= 0xFFFF:
+        raise CompressError(f"lanes must be 1..65535, got {params.lanes}")
+    if not 1 <= params.batch <= engine.max_batch:
+        raise CompressError(f"batch must be 1..{engine.max_batch} (the engine's max_batch), got {params.batch}")
+
+
+# --- encoding, teacher-forced (exact numerics) ------------------------------------------
+def encode_teacher_forced(engine, segment: Segment, progress: Progress | None = None) -> None:
+    """Code every token of `segment` from `engine.score` over whole windows."""
+    params = segment.params
+    longest = int(segment.lengths.max(initial=0))
+    pending: list[tuple[int, int, int]] = []  # windows whose tables are not computed yet
+    for window in windows(longest, params):
+        pending.append(window)
+        tokens = sum((end - context) * (FRAME_TOKENS + 1) for context, _, end in pending) * len(segment.bounds)
+        if tokens >= SCORE_TOKENS or window[2] == longest:
+            _encode_windows(engine, segment, pending, progress)
+            pending = []
+
+
+def _encode_windows(engine, segment: Segment, group: list[tuple[int, int, int]], progress: Progress | None) -> None:
+    """Tables for the coded frames of `group` in every lane, then mixed and coded in stream
+    order (frame by frame; within a frame, position by position, lanes in order)."""
+    per_frame = FRAME_TOKENS + 1
+    first_frame, end_frame = group[0][1], group[-1][2]
+    lanes = len(segment.bounds)
+    tables = np.zeros((end_frame - first_frame, lanes, FRAME_TOKENS, 1024), dtype=np.int64)
+    requests: dict[int, list[tuple[int, int, int, int]]] = {}  # length -> (lane, context, first, end)
+    for context, first, end in group:
+        for lane in range(lanes):
+            stop = min(end, int(segment.lengths[lane]))
+            if first < stop:
+                requests.setdefault((stop - context) * per_frame, []).append((lane, context, first, stop))
+    for length, items in requests.items():
+        for start in range(0, len(items), max(1, SCORE_TOKENS // length)):
+            batch = items[start : start + max(1, SCORE_TOKENS // length)]
+            prompt = np.full((len(batch), length), engine.config.bos_token_id, dtype=np.int64)
+            for row, (lane, context, _, stop) in enumerate(batch):
+                prompt[row].reshape(-1, per_frame)[:, 1:] = segment.lane(lane)[context:stop]
+            logits = engine.score(torch.from_numpy(prompt))
+            for row, (lane, context, first, stop) in enumerate(batch):
+                # Logits at a frame's BOS and its first 127 tokens predict its 128 tokens.
+                offsets = (np.arange(first, stop)[:, None] - context) * per_frame + np.arange(FRAME_TOKENS)
+                rows = logits[row, torch.from_numpy(offsets.reshape(-1))]
+                tables[first - first_frame : stop - first_frame, lane] = (
+                    frequency_tables(rows).cpu().numpy().reshape(stop - first, FRAME_TOKENS, -1)
+                )
+    for frame in range(first_frame, end_frame):
+        active = np.flatnonzero(segment.lengths > frame)
+        frames = np.stack([segment.lane(lane)[frame] for lane in active])
+        frame_tables = tables[frame - first_frame, active]
+        if segment.mixer is not None:
+            frame_tables = segment.mixer.predict_frame(frame_tables, frames, rows=active)
+            segment.mixer.end_frame(frames, rows=active)
+        # Stream order within a frame: position-major, lanes in order.
+        flat_tables = frame_tables.transpose(1, 0, 2).reshape(-1, 1024)
+        flat_tokens = frames.T.reshape(-1)
+        segment.encoder.encode(flat_tokens, flat_tables)
+        segment.ideal_bits += code_length(flat_tables, flat_tokens)
+        if progress:
+            progress(len(flat_tokens))
+
+
+# --- lockstep: the decoder, and the float-numerics encoder --------------------------------
+def run_lockstep(engine, segments: list[Segment], batch: int, progress: Progress | None = None) -> None:
+    """Code all lanes of `segments` together, prefilling and stepping `batch` streams (at
+    least the total lane count; spare rows are fed BOS). Decodes segments that have a
+    decoder, encodes the others."""
+    rows = [(segment, lane) for segment in segments for lane in range(len(segment.bounds))]
+    if not rows:
+        return
+    if len(rows) > batch:
+        raise CompressError(f"{len(rows)} lanes cannot run in lockstep in a batch of {batch}")
+    params = segments[0].params
+    config = engine.config
+    bos, per_frame = config.bos_token_id, config.tokens_per_frame
+    lengths = np.array([segment.lengths[lane] for segment, lane in rows])
+    streams = engine.open_streams(batch)
+    fed = np.full(batch, bos, dtype=np.int64)
+    for context, first, end in windows(int(lengths.max()), params):
+        prompt = np.full((batch, (first - context) * per_frame + 1), bos, dtype=np.int64)
+        for row, (segment, lane) in enumerate(rows):
+            if lengths[row] > first:
+                prompt[row, :-1].reshape(-1, per_frame)[:, 1:] = segment.lane(lane)[context:first]
+        logits = streams.prefill(torch.from_numpy(prompt))
+        for frame in range(first, end):
+            active = np.flatnonzero(lengths > frame)
+            for position in range(FRAME_TOKENS):
+                tables = frequency_tables(logits[torch.from_numpy(active)]).cpu().numpy()
+                fed[:] = bos
+                fed[active] = _code_step(rows, active, frame, position, tables)
+                if progress:
+                    progress(len(active))
+                last_of_window = frame == end - 1 and position == FRAME_TOKENS - 1
+                if not last_of_window:  # the next window starts with a fresh prefill instead
+                    logits = streams.step(torch.from_numpy(fed))
+            if frame < end - 1:
+                logits = streams.step(torch.full((batch,), bos, dtype=torch.int64))
+            _end_frame(rows, active, frame)
+
+
+def _code_step(rows, active: np.ndarray, frame: int, position: int, tables: np.ndarray) -> np.ndarray:
+    """Code token `position` of `frame` in every active row; returns the tokens."""
+    tokens = np.empty(len(active), dtype=np.int64)
+    for segment, members in _by_segment(rows, active):
+        lanes = np.array([rows[row][1] for row in members])
+        index = np.searchsorted(active, members)
+        segment_tables = tables[index]
+        if segment.mixer is not None:
+            partial = np.stack([segment.lane(lane)[frame] for lane in lanes])
+            segment_tables = segment.mixer.predict(position, segment_tables, partial, rows=lanes)
+        if segment.decoder is not None:
+            coded = segment.decoder.decode(segment_tables)
+            for lane, token in zip(lanes, coded):
+                segment.lane(lane)[frame, position] = token
+        else:
+            coded = np.array([segment.lane(lane)[frame, position] for lane in lanes])
+            segment.encoder.encode(coded, segment_tables)
+            segment.ideal_bits += code_length(segment_tables, coded)
+        if segment.mixer is not None:
+            segment.mixer.observe(position, coded)
+        tokens[index] = coded
+    return tokens
+
+
+def _end_frame(rows, active: np.ndarray, frame: int) -> None:
+    for segment, members in _by_segment(rows, active):
+        if segment.mixer is not None:
+            lanes = np.array([rows[row][1] for row in members])
+            segment.mixer.end_frame(np.stack([segment.lane(lane)[frame] for lane in lanes]), rows=lanes)
+
+
+def _by_segment(rows, active: np.ndarray) -> Iterator[tuple[Segment, list[int]]]:
+    """The active rows grouped by segment, in row order (so lanes stay in lane order)."""
+    groups: dict[int, tuple[Segment, list[int]]] = {}
+    for row in active:
+        segment = rows[row][0]
+        groups.setdefault(id(segment), (segment, []))[1].append(int(row))
+    return iter(groups.values())
+
+
+def stream_order(segment: Segment) -> tuple[np.ndarray, np.ndarray]:
+    """(lane, token step) of every coded token in stream order; for tests and tools."""
+    return interleaved_rows(segment.lengths * FRAME_TOKENS, 0, int(segment.lengths.max(initial=0)) * FRAME_TOKENS)
