@@ -30,12 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # COORDINATOR: the flag that adds the gpt-fast-style baseline (static cache, SDPA,
 # torch.compile reduce-overhead) to bench/imagine.py, once it has one.
 IMAGINE_BASELINE_FLAGS = ""
-# COORDINATOR: the flags that select the exact (integer) numerics for `compress encode`,
-# so that a file encoded on the CPU decodes bit-exactly on the GPU.
-EXACT_FLAGS = ""
-# COORDINATOR: what makes `compress decode` run on the GPU (today it takes the device
-# from the file's header and has no --device).
-GPU_DECODE_FLAGS = ""
+# The exact (integer) numerics for `compress encode` (the default, named for clarity), so
+# that a file encoded on the CPU decodes bit-exactly on the GPU.
+EXACT_FLAGS = "--numerics exact"
+# An exact file decodes on whichever device is asked for.
+GPU_DECODE_FLAGS = "--device cuda"
 # A real segment, cropped to 20 frames; the first that exists is used.
 # The device machine gets the working tree only: copy a segment to ./gpu_segment.npy first.
 SEGMENT_CANDIDATES = ("gpu_segment.npy", "shared/data/train/3b41*_13.npy", "../shared/data/train/3b41*_13.npy")
@@ -77,6 +76,13 @@ def default_steps(out: Path) -> list[Step]:
              f"python -m compress encode -f --device cpu {EXACT_FLAGS} {work}/segment.npy {work}/segment.cvq && "
              f"python -m compress decode -f {GPU_DECODE_FLAGS} {work}/segment.cvq {work}/restored.npy && "
              f"cmp {work}/segment.npy {work}/restored.npy && python -m compress info {work}/segment.cvq"),
+        Step("compress gpu->cpu", 45,
+             f"python -m compress encode -f --device cuda {EXACT_FLAGS} {work}/segment.npy {work}/gpu.cvq && "
+             f"python -m compress decode -f --device cpu {work}/gpu.cvq {work}/restored-cpu.npy && "
+             f"cmp {work}/segment.npy {work}/restored-cpu.npy && cmp {work}/segment.cvq {work}/gpu.cvq"),
+        Step("bench.compress", 90,
+             f"python -m bench.compress {segment} --frames 60 --device cuda --lanes 1 8 64 --mixing on "
+             "--no-baselines"),
     ]
 
 
