@@ -1,7 +1,7 @@
 """Exact integer numerics against the float32 model, side by side in one process.
 
     python -m bench.exact rate [--holdout]   # bits/token, float32 vs exact (validation split)
-    python -m bench.exact speed              # tokens/s: score (teacher forcing) and decode steps
+    python -m bench.exact speed              # score (teacher forcing) tokens/s; decode ms a step, ops a step
 
 `rate` scores each frame t of the default model's 2-frame windows [BOS, frame t-1, BOS,
 frame t] (its 128 tokens, from the logits at positions 129..256, softmax over the first
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
 from engine import Engine
@@ -27,6 +28,8 @@ from engine.exact_runner import ExactRunner
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MINUTE = "3b41c0fa8959aea6c118e5714f412a2e_13.npy"
 VAL_FRACTION = 0.15
+STEP_ROWS = (1, 8, 32, 64)  # decode steps of this many streams in lockstep
+CODED_FROM = 129  # a 2-frame window codes the tokens after position 129 (its second frame)
 
 
 def windows(frames: np.ndarray, first: int, bos: int) -> np.ndarray:
@@ -77,20 +80,37 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
-def speed(model: models.GPT, runner: ExactRunner, windows_: np.ndarray, batch: int) -> None:
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops a call dispatches: on a CPU, a small op's cost is mostly dispatch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def speed(model: models.GPT, windows_: np.ndarray, batch: int) -> None:
     tokens = torch.from_numpy(windows_[:batch])
     rows, length = tokens.shape
+    runner = ExactRunner(model, max_batch=max(STEP_ROWS))
     with torch.no_grad():
         t_float = timed(lambda: model(tokens), 5)
     t_exact = timed(lambda: runner.score(tokens), 5)
+    t_coded = timed(lambda: runner.score(tokens, first=CODED_FROM), 5)
     print(f"score, {rows} windows x {length} tokens: float32 {rows * length / t_float:,.0f} tokens/s, "
-          f"exact {rows * length / t_exact:,.0f} tokens/s")
-    for step_rows in (1, 8):
+          f"exact {rows * length / t_exact:,.0f} tokens/s; exact, logits of positions {CODED_FROM}.. only "
+          f"(a coder's frame): {rows * length / t_coded:,.0f} window tokens/s")
+    for step_rows in STEP_ROWS:
         prompt, count = tokens[:step_rows, :129], 32
         ones = torch.ones(step_rows, dtype=torch.int32)
         runner.forward(prompt, torch.zeros(step_rows, dtype=torch.int32), ones * 129)
+        with _OpCounter() as ops:
+            runner.forward(tokens[:step_rows, 129:130], ones * 129, ones)
         begin = time.perf_counter()
-        for p in range(129, 129 + count):
+        for p in range(130, 130 + count):
             runner.forward(tokens[:step_rows, p : p + 1], ones * p, ones)
         t_exact = (time.perf_counter() - begin) / count
         # The float baseline: the engine's torch ModelRunner (paged cache), eager.
@@ -100,8 +120,9 @@ def speed(model: models.GPT, runner: ExactRunner, windows_: np.ndarray, batch: i
         for p in range(129, 129 + count):
             streams.step(tokens[:step_rows, p])
         t_float = (time.perf_counter() - begin) / count
-        print(f"decode, {step_rows} rows, positions 129..{128 + count}: float32 ModelRunner "
-              f"{step_rows / t_float:,.0f} tokens/s, exact {step_rows / t_exact:,.0f} tokens/s")
+        print(f"decode, {step_rows} rows, positions 130..{129 + count}: float32 ModelRunner {1e3 * t_float:.3f} ms "
+              f"a step ({step_rows / t_float:,.0f} tokens/s), exact {1e3 * t_exact:.3f} ms a step "
+              f"({step_rows / t_exact:,.0f} tokens/s, {ops.count} aten ops)")
 
 
 def main() -> None:
@@ -114,17 +135,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = models.load_pretrained(models.DEFAULT_MODEL_DIR).float().eval()
-    runner = ExactRunner(model, max_batch=8, device="cpu")
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; exact fingerprint {runner.fingerprint[:16]}")
     bos = model.config.bos_token_id
     val = validation_windows(bos)
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.what == "rate":
+        runner = ExactRunner(model, max_batch=1)
+        print(f"exact fingerprint {runner.fingerprint[:16]}")
         rate(model, runner, val, "validation")
         if args.holdout:
             rate(model, runner, windows(np.load(DATA / "holdout" / "tacobell_example.npy"), 1, bos), "holdout")
     else:
-        speed(model, runner, val, args.batch)
+        speed(model, val, args.batch)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: the engine's (CUDA only)")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--exact", action="store_true", help="also time exact (integer) numerics, side by side")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,6 +122,15 @@ def main() -> None:
           f"  ~{gigabytes / per_frame:.1f} GB/s")
     print(f"engine       batch {args.batch}: {args.batch / per_frame_batch:9.2f} frames/s "
           f"{args.batch * config.frame_tokens / per_frame_batch:8.1f} tokens/s")
+    if args.exact:
+        exact = Engine(model, device=device, max_batch=args.batch, numerics="exact")
+        exact.imagine(drives[:1], 1, seed=0)  # warm-up
+        exact_frame = time_engine(exact, drives[:1], args.frames)
+        exact_batch = time_engine(exact, drives, args.frames)
+        print(f"engine exact batch 1: {exact_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / exact_frame:8.1f} "
+              f"tokens/s ({per_frame / exact_frame:.2f}x float)")
+        print(f"engine exact batch {args.batch}: {args.batch / exact_batch:9.2f} frames/s "
+              f"({per_frame_batch / exact_batch:.2f}x float)")
     if hf is not None:
         with torch.no_grad():
             time_transformers(hf, drives[:1], config, device)  # warm-up

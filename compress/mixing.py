@@ -1,7 +1,7 @@
 """Adaptive context mixing: the model's table mixed with counts learned while coding.
 
-Each lane counts, over the frames it has coded so far, how often each symbol followed each
-context symbol, for a few contexts k (`CONTEXTS`: e.g. the token at the same cell of the
+A segment's mixer counts, over the frames its lanes have coded so far, how often each symbol
+followed each context symbol, for a few contexts k (`CONTEXTS`: e.g. the token at the same cell of the
 previous frame, or the cell itself). For a token, with M the model's table and c_k, n_k the
 counts of its contexts, the coded distribution is the linear mixture
 
@@ -17,10 +17,14 @@ learning runs in fixed point with integer sums. The few float64 values are eleme
 IEEE basic operations (+ - * /) in a fixed order, so every machine gets the same bits;
 exp comes from a table built by repeated multiplication, never from libm.
 
-Counts and weights are updated once per frame, so the encoder mixes a whole frame at once
-(`predict_frame`) and the decoder token by token (`predict` + `observe`) with bit-identical
-tables; each then calls `end_frame`. Lanes are independent: a lane's tables depend only on
-its own frames, whatever other lanes share the call (`rows` names the lanes of a call).
+Counts and weights are updated once per frame step, so the encoder mixes a whole frame at
+once (`predict_frame`) and the decoder token by token (`predict` + `observe`) with
+bit-identical tables; each then calls `end_frame` with every running lane's frame (`rows`
+names the lanes of a call). The lanes of a segment share the counts and weights: lanes run
+in lockstep, so at frame step t every lane sees the statistics of all lanes' frames before
+t, on both sides, and a segment split into many lanes (to decode faster) still learns from
+all of it. Only the previous frames (`prev`, `prev2`) are a lane's own. A mixer belongs to
+one segment: its tables never depend on other segments coded alongside.
 """
 from __future__ import annotations
 
@@ -28,12 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .coder import TOTAL  # the coder's contract: tables sum to TOTAL, every symbol >= 1
-from .errors import CompressError
+from models.tokens import FRAME_SHAPE
+from models.tokens import FRAME_TOKENS as FRAME
 
-SYMBOLS = 1024  # real token ids (BOS is never coded)
-FRAME = 128
-WIDTH = 16  # cells per row of the 8x16 grid
+from .errors import CompressError
+from .frequencies import SYMBOLS, TOTAL  # the coder's contract: tables sum to TOTAL, every symbol >= 1
+
+WIDTH = FRAME_SHAPE[1]  # cells per row of the 8x16 grid
 UNIT = TOTAL - SYMBOLS  # mass left once every symbol has its 1
 SHIFT = 20  # fixed-point bits of the mixing coefficients; keeps every sum < 2**46
 V_BITS = 16  # fixed-point bits of the learned logits v
@@ -84,7 +89,8 @@ class MixerConfig:
 
 
 class ContextMixer:
-    """Per-lane counts and mixing logits; see the module docstring for the two call patterns."""
+    """One segment's counts and mixing logits, shared by its lanes; see the module docstring
+    for the two call patterns."""
 
     def __init__(self, lanes: int, config: MixerConfig = MixerConfig()) -> None:
         if lanes < 1:
@@ -96,10 +102,10 @@ class ContextMixer:
         # serves them all.
         sizes = [FRAME if c == "cell" else SYMBOLS for c in config.contexts]
         self._offset = np.cumsum([0] + sizes[:-1])
-        self._counts = np.zeros((lanes, sum(sizes), SYMBOLS), dtype=np.int32)
+        self._counts = np.zeros((sum(sizes), SYMBOLS), dtype=np.int32)
         self._counts.fill(0)  # touch every page now: faulting them in one by one while coding is slower
-        self._seen = np.zeros((lanes, sum(sizes)), dtype=np.int64)  # n per context row
-        self._v = np.full((lanes, k, config.buckets), config.start << V_BITS, dtype=np.int64)
+        self._seen = np.zeros(sum(sizes), dtype=np.int64)  # n per context row
+        self._v = np.full((k, config.buckets), config.start << V_BITS, dtype=np.int64)
         self._prev = np.full((lanes, 2, FRAME), -1, dtype=np.int64)  # frames t-1, t-2; -1: none yet
         # What end_frame learns from, per lane and cell: the token; each context's logit set
         # (-1: unused); P(token), then each context's weight w_k and Q_k(token).
@@ -152,11 +158,11 @@ class ContextMixer:
         model = model.astype(np.int64, copy=False)
         if (model.min(axis=1) < 1).any() or (model.sum(axis=1) != TOTAL).any():
             raise CompressError("model tables must have every entry >= 1 and sum to 2**24")
-        prior, lanes = self.config.prior, rows[:, None]
+        prior = self.config.prior
         index = np.where(context >= 0, context + self._offset, 0)
-        n = np.where(context >= 0, self._seen[lanes, index], 0)
+        n = np.where(context >= 0, self._seen[index], 0)
         sets = np.where(n > 0, np.minimum(np.frexp(n + 1.0)[1] - 1, self.config.buckets - 1), -1)
-        logit = self._v[lanes, self._which, np.maximum(sets, 0)]
+        logit = self._v[self._which, np.maximum(sets, 0)]
         e = np.where(n > 0, EXP[(logit >> (V_BITS - TABLE_STEP)) + (V_LIMIT >> TABLE_STEP)], 0.0)
         denominator = np.ones(len(rows))
         for k in range(e.shape[1]):  # float additions in a fixed order
@@ -167,7 +173,7 @@ class ContextMixer:
         b = np.floor(w * UNIT / (n + prior) * (1 << SHIFT)).astype(np.int64)
         a = ((UNIT << SHIFT) - (b * n).sum(axis=1)) // UNIT
         counts, product = self._scratch(len(rows))
-        np.take(self._counts.reshape(-1, SYMBOLS), lanes * self._counts.shape[1] + index, axis=0, out=counts)
+        np.take(self._counts, index, axis=0, out=counts)
         freq = model - 1  # in place from here on: these passes over [N, 1024] are the cost
         freq *= a[:, None]
         for k in range(counts.shape[1]):
@@ -236,17 +242,15 @@ class ContextMixer:
         # d log P / d v_k = w_k (Q_k - P) / P, rounded to fixed point, summed exactly.
         grad = np.floor(w * (q - p) / p * (1 << V_BITS) + 0.5).astype(np.int64)
         used = sets >= 0
-        total = np.zeros((len(rows), k, self.config.buckets), dtype=np.int64)
-        lane = np.broadcast_to(np.arange(len(rows))[:, None, None], sets.shape)
+        total = np.zeros((k, self.config.buckets), dtype=np.int64)  # summed over the lanes: integers, any order
         which = np.broadcast_to(np.arange(k), sets.shape)
-        np.add.at(total, (lane[used], which[used], sets[used]), grad[used])
-        self._v[rows] = np.clip(self._v[rows] + ((total * self.config.lr) >> self.config.lr_shift), -V_LIMIT, V_LIMIT)
+        np.add.at(total, (which[used], sets[used]), grad[used])
+        self._v = np.clip(self._v + ((total * self.config.lr) >> self.config.lr_shift), -V_LIMIT, V_LIMIT)
         context = self._contexts(rows, frames)
         known = context >= 0
-        lane = np.broadcast_to(rows[:, None, None], context.shape)[known]
         index = (context + self._offset[:, None])[known]
-        np.add.at(self._counts, (lane, index, np.broadcast_to(frames[:, None], context.shape)[known]), 1)
-        np.add.at(self._seen, (lane, index), 1)
+        np.add.at(self._counts, (index, np.broadcast_to(frames[:, None], context.shape)[known]), 1)
+        np.add.at(self._seen, index, 1)
         self._prev[rows, 1] = self._prev[rows, 0]
         self._prev[rows, 0] = frames
         self._token[rows] = -1

@@ -66,38 +66,48 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, path: str | None = None) -> tor
     raise EngineError(f"unknown int_matmul path {path!r}: one of {MATMUL_PATHS}")
 
 
-def _div(numerator: float, x: torch.Tensor) -> torch.Tensor:
-    """numerator / x, one correctly rounded division (a Python-scalar operand may become a
-    multiplication by a reciprocal on CUDA, so both operands are tensors)."""
-    return torch.full_like(x, numerator) / x
+_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
 
-def _row_peak(x: torch.Tensor) -> torch.Tensor:
-    """max |x| per row, keepdim: two exact reductions, no |x| temporary."""
-    return torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
+def const(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """`value` as a 0-d tensor, made once per dtype and device. Elementwise ops against a
+    tensor skip wrapping a Python scalar (about half the cost of a small op), and a division
+    by a device tensor stays a division (CUDA turns `x / scalar` into `x * (1 / scalar)`)."""
+    key = (value, dtype, device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=device)
+    return _CONSTANTS[key]
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 [..., K] -> (int8 [..., K], float32 scale [...]): per row, scale = max|x| / 127,
-    q = round-half-even(x * (127 / max|x|)), so |q| <= 127. Rows below TINY become zero."""
-    peak = _row_peak(x)
-    live = peak >= TINY
+def _c(value: float, like: Tensor) -> Tensor:
+    return const(value, like.dtype, like.device)
+
+
+def quantize_rows(x: Tensor, ints: bool = True, dead_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """float32 [..., K] -> (q [..., K], scale [..., 1]): per row, scale = max|x| / 127,
+    q = round-half-even(x * (127 / max|x|)), so |q| <= 127; int8, or (`ints=False`) float32
+    holding the same integers. Rows below TINY become zero, with scale 0 or `dead_scale`."""
+    peak = x.abs().amax(dim=-1, keepdim=True)
+    live = peak >= _c(TINY, peak)
+    zero = _c(0.0, peak)
     # A dead row multiplies by 0, so its integers are 0 (x is finite). No clamp is needed:
     # |x| <= peak, so |x * fl(127 / peak)| <= 127 (1 + 2**-24)**2 < 127.5 rounds to <= 127.
-    inv = torch.where(live, _div(QMAX, peak), 0.0)
-    q = (x * inv).round_().to(torch.int8)
-    return q, torch.where(live, peak / torch.full_like(peak, QMAX), 0.0).squeeze(-1)
+    q = (x * torch.where(live, _c(QMAX, peak) / peak, zero)).round_()
+    scale = torch.where(live, peak / _c(QMAX, peak), zero if dead_scale is None else dead_scale)
+    return (q.to(torch.int8) if ints else q), scale
 
 
-def linear(x: torch.Tensor, lin: QuantizedLinear, path: str | None = None) -> torch.Tensor:
-    """float32 [M, K] -> float32 [M, N]: quantize x per row, exact integer matmul, rescale.
-    In-place passes: fresh CPU tensors cost page faults, more than the arithmetic."""
+def linear(x: Tensor, lin: QuantizedLinear, path: str | None = None, out: Tensor | None = None) -> Tensor:
+    """float32 [M, K] -> float32 [M, N] (into `out` if given): quantize x per row, exact
+    integer matmul, rescale. The int32 product converts to float32 inside the first multiply
+    (the same rounding as a separate cast); in-place passes after it, as fresh CPU tensors
+    cost page faults, more than the arithmetic."""
     xq, xs = quantize_rows(x)
-    y = int_matmul(xq, lin.weight, path).float().mul_(xs[:, None]).mul_(lin.scale)
+    y = torch.mul(int_matmul(xq, lin.weight, path), xs, out=out).mul_(lin.scale)
     return y if lin.bias is None else y.add_(lin.bias)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """Row-local LayerNorm: x -> integers X = round(x * 2**20 / max|x|), so |X| <= 2**20;
     sum(X) <= 2**20 * D and sum(X**2) <= 2**40 * D are integers below 2**53 for D <= 8192,
     hence exact as float64 sums in any order. Mean, variance and 1/sqrt per row in float64.
@@ -105,14 +115,16 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     width = x.shape[-1]
     if width > 2 ** (53 - 2 * LN_BITS):
         raise EngineError(f"layer_norm: width {width} too large for exact sums (at most {2 ** (53 - 2 * LN_BITS)})")
-    peak = _row_peak(x)
-    safe = torch.where(peak >= TINY, peak, 1.0)
-    big = (x * _div(2.0**LN_BITS, safe)).round_().double()
-    count = torch.full_like(big[..., :1], width)
-    mean = big.sum(dim=-1, keepdim=True) / count
-    var = ((big * big).sum(dim=-1, keepdim=True) / count - mean * mean).clamp_(min=0.0)
-    unit = safe.double() / torch.full_like(mean, 2.0**LN_BITS)  # x = big * unit, exactly
-    rstd = _div(1.0, torch.sqrt(var + _div(eps, unit * unit)))
+    peak = x.abs().amax(dim=-1, keepdim=True)
+    safe = torch.where(peak >= _c(TINY, peak), peak, _c(1.0, peak))
+    big = (x * (_c(2.0**LN_BITS, safe) / safe)).round_().double()
+    count = _c(float(width), big)
+    mean = big.sum(dim=-1, keepdim=True).div_(count)
+    var = (big * big).sum(dim=-1, keepdim=True).div_(count).sub_(mean * mean).clamp_(min=0.0)
+    # x = big * unit with unit = safe * 2**-20, so eps / unit**2 = (eps * 2**40) / safe**2:
+    # the same correctly rounded quotient (safe**2 is exact in float64, both sides normal).
+    s = safe.double()
+    rstd = _c(1.0, var) / var.add_(_c(eps * 2.0 ** (2 * LN_BITS), s) / (s * s)).sqrt_()
     return big.sub_(mean).mul_(rstd).float().mul_(weight).add_(bias)
 
 
@@ -142,14 +154,14 @@ def gelu_table() -> torch.Tensor:
     return torch.from_numpy((x / (1.0 + _exp2_f64(-2.0 * a * 1.4426950408889634))).astype(np.float32))
 
 
-def gelu(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def gelu(x: Tensor, table: Tensor) -> Tensor:
     """Tanh-GELU by lookup at the nearest grid point; x > 8 passes through (gelu(8) = 8 to
     1e-6 relative); x < -8 gives gelu(-8), about -1e-14."""
     limit = GELU_RANGE * 2**GELU_STEP_BITS
     # x * 2**10 + limit + 0.5 truncated is round-half-up to the grid, offset to index >= 0.
-    idx = (x * 2.0**GELU_STEP_BITS).add_(limit + 0.5).clamp_(0, 2 * limit).int()
+    idx = (x * _c(2.0**GELU_STEP_BITS, x)).add_(_c(limit + 0.5, x)).clamp_(0, 2 * limit).int()
     out = lookup(table, idx)
-    return torch.where(x > GELU_RANGE, x, out, out=out)
+    return torch.where(x > _c(GELU_RANGE, x), x, out, out=out)
 
 
 def exp_table() -> torch.Tensor:
@@ -167,53 +179,64 @@ def prob_max(n_positions: int) -> tuple[int, torch.dtype]:
     return (min(p, 2**14 - 1), torch.float32) if p >= 2**9 - 1 else (2**14 - 1, torch.float64)
 
 
+def key_factor(head_dim: int) -> float:
+    """Keys' scales are stored times this (float32): QK * key_factor * k_scale is the score
+    -(q.k / sqrt(d)) * 2**8 * log2(e) before the query's scale, negated (exactly) so that its
+    minimum marks the top key."""
+    return -(2.0**EXP_STEP_BITS) * 1.4426950408889634 / math.sqrt(head_dim)
+
+
 def attention(
-    q: Tensor, q_scale: Tensor, k: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor,
-    allowed: Tensor, table: Tensor, pv_max: tuple[int, torch.dtype],
+    q: Tensor, q_scale: Tensor, k: Tensor, k_mult: Tensor, v: Tensor, v_scale: Tensor,
+    masked: Tensor | None, last_key: int, table: Tensor, pv_max: tuple[int, torch.dtype],
 ) -> Tensor:
-    """q int8 [..., Tq, d], k/v int8 [..., Tk, d], scales [..., T], allowed bool [..., Tq, Tk]
-    (every query row must allow key 0) -> float32 [..., Tq, d]. Queries go in blocks, each
-    reading keys only up to the last one it may see: the rest would get weight exactly 0."""
-    out = []
-    for lo in range(0, q.shape[-2], ATTENTION_BLOCK):
-        mask = allowed[..., lo : lo + ATTENTION_BLOCK, :]
-        keys = int(mask.reshape(-1, mask.shape[-1]).any(dim=0).nonzero().max()) + 1
-        cut = slice(lo, lo + ATTENTION_BLOCK)
-        out.append(_attention(q[..., cut, :], q_scale[..., cut], k[..., :keys, :], k_scale[..., :keys],
-                              v[..., :keys, :], v_scale[..., :keys], mask[..., :keys], table, *pv_max))
-    return torch.cat(out, dim=-2)
+    """q float32 integers [..., Tq, d] with scales [..., Tq, 1] (1 where q is all zero);
+    k int8 or float32 integers [..., Tk, d] with k_mult = k_scale * key_factor(d) [..., 1, Tk];
+    v likewise with v_scale [..., 1, Tk]; masked bool [..., Tq, Tk] (None: no key masked)
+    marks keys a query must not see; query row i sees no key beyond last_key + i, and key 0
+    always -> float32 [..., Tq, d]. Queries go in blocks, each reading keys only up to the
+    last one it may see: the rest would get weight exactly 0."""
+    out, block, tk = [], ATTENTION_BLOCK, k.shape[-2]
+    if q.shape[-2] <= block:  # one block (a decode step): no slicing, every key is read
+        return _attention(q, q_scale, k, k_mult, v, v_scale, masked, table, *pv_max)
+    for lo in range(0, q.shape[-2], block):
+        keys = min(tk, last_key + lo + block)
+        rows = slice(lo, lo + block)
+        out.append(_attention(
+            q[..., rows, :], q_scale[..., rows, :], k[..., :keys, :], k_mult[..., :keys], v[..., :keys, :],
+            v_scale[..., :keys], None if masked is None else masked[..., rows, :keys], table, *pv_max,
+        ))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=-2)
 
 
 def _attention(
-    q: Tensor, q_scale: Tensor, k: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor,
-    allowed: Tensor, table: Tensor, p_max: int, pv_dtype: torch.dtype,
+    q: Tensor, q_scale: Tensor, k: Tensor, k_mult: Tensor, v: Tensor, v_scale: Tensor,
+    masked: Tensor | None, table: Tensor, p_max: int, pv_dtype: torch.dtype,
 ) -> Tensor:
     """QK^T: float32 matmul of integers, |sum| <= 127**2 * d < 2**24 for d <= 1040: exact.
-    u = QK * (k_scale * 2**8 log2(e) / sqrt(d)), masked to -inf; the exponent on a 2**-8
-    grid is i = trunc((max u - u) * q_scale) (>= 0; computed on -u), E = table[i] = floor(2**20 * 2**(-i/256))
-    (0 for masked keys and far tails). V's per-token scale folds into the weights:
-    w = E * v_scale, P = round(w * p_max / max w) in 0..p_max, so |sum P V| <= p_max * 127 * Tk,
-    exact in `pv_dtype` (see `prob_max`); sum E <= 2**20 * Tk < 2**53 is exact in float64.
+    u = QK * k_mult, masked keys +inf; the exponent on a 2**-8 grid is i = trunc((u - min u)
+    * q_scale) (>= 0), E = table[i] = floor(2**20 * 2**(-i/256)) (0 for masked keys and far
+    tails). V's per-token scale folds into the weights: w = E * v_scale,
+    P = round(w * p_max / max w) in 0..p_max, so |sum P V| <= p_max * 127 * Tk, exact in
+    `pv_dtype` (see `prob_max`); sum E <= 2**20 * Tk < 2**53 is exact in float64.
     out = (P V) * max w / (p_max * sum E)."""
-    d = q.shape[-1]
+    *lead, tq, d = q.shape
+    keys = k.shape[-2]
     if d > F32_EXACT_K:
         raise EngineError(f"attention: head_dim {d} exceeds {F32_EXACT_K}, QK^T would not be exact in float32")
-    u = torch.matmul(q.float(), k.float().transpose(-1, -2))  # QK^T, then in place:
-    # Negated scores (negation is exact): -u - min(-u) is bit for bit top - u.
-    u.mul_((k_scale * torch.tensor(-(2.0**EXP_STEP_BITS) * 1.4426950408889634 / math.sqrt(d))).unsqueeze(-2))
-    u.masked_fill_(~allowed, math.inf)
-    low = u.amin(dim=-1, keepdim=True)
-    # A zero query row has u = 0 on every key, so any positive scale gives the same weights;
-    # 1 keeps masked keys at +inf rather than inf * 0.
-    q_scale = torch.where(q_scale > 0, q_scale, 1.0)
+    # bmm on [batch * head] rather than matmul's broadcasting: fewer dispatched ops a call.
+    u = torch.bmm(q.reshape(-1, tq, d), k.float().reshape(-1, keys, d).transpose(1, 2))
+    u = u.view(*lead, tq, keys).mul_(k_mult)
+    if masked is not None:
+        u.masked_fill_(masked, math.inf)
     # trunc of the non-negative difference is its floor; masked keys (+inf) clamp to the 0 entry.
-    idx = u.sub_(low).mul_(q_scale.unsqueeze(-1)).clamp_(max=table.shape[0] - 1).int()
+    idx = u.sub_(u.amin(dim=-1, keepdim=True)).mul_(q_scale).clamp_(max=table.shape[0] - 1).int()
     e = lookup(table, idx)
     total = e.sum(dim=-1, keepdim=True, dtype=torch.float64)
-    w = e.mul_(v_scale.unsqueeze(-2))
+    w = e.mul_(v_scale)
     wmax = w.amax(dim=-1, keepdim=True)
-    wmax = torch.where(wmax > 0, wmax, 1.0)
-    p = w.mul_(_div(p_max, wmax)).round_()
-    acc = torch.matmul(p.to(pv_dtype), v.to(pv_dtype)).double()
-    norm = wmax.double() / (total * p_max)
-    return (acc * norm).float()
+    wmax = torch.where(wmax > _c(0.0, wmax), wmax, _c(1.0, wmax))
+    p = w.mul_(_c(p_max, wmax) / wmax).round_()
+    acc = torch.bmm(p.to(pv_dtype).view(-1, tq, keys), v.to(pv_dtype).reshape(-1, keys, d)).view(*lead, tq, d)
+    # float32 operands promote to float64 inside these ops, exactly (as separate casts would).
+    return torch.mul(acc, wmax / total.mul_(const(p_max, torch.float64, total.device))).float()

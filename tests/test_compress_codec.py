@@ -114,25 +114,18 @@ def test_teacher_forced_tables_equal_the_step_by_step_tables_bitwise(exact_engin
     assert forced.encoder.finish().tobytes() == stepped.encoder.finish().tobytes()
 
 
-def test_segments_decode_identically_alone_and_together(exact_engine):
+@pytest.mark.parametrize("numerics, params", [
+    ("exact", CodecParams(window=WINDOW, stride=1, lanes=2)),
+    ("float", CodecParams(window=WINDOW, stride=1, lanes=1, batch=4)),  # float: one batch shape
+])
+def test_segments_code_identically_alone_and_together(request, numerics, params):
+    chosen = request.getfixturevalue("exact_engine" if numerics == "exact" else "engine")
     rng = np.random.default_rng(1)
     segments = [rng.integers(0, 1024, size=(t, 128)) for t in (3, 1, 5, 2)]
-    params = CodecParams(window=WINDOW, stride=1, lanes=2)
-    together = [e.data for e in compress.encode_many(segments, exact_engine, params)]
-    alone = [compress.encode_many([s], exact_engine, params)[0].data for s in segments]
+    together = [e.data for e in compress.encode_many(segments, chosen, params)]
+    alone = [compress.encode_many([s], chosen, params)[0].data for s in segments]
     assert together == alone
-    for segment, restored in zip(segments, compress.decode_many(together[::-1], exact_engine)[::-1]):
-        assert (restored == segment).all()
-
-
-def test_float_segments_code_identically_whatever_they_are_batched_with(engine):
-    rng = np.random.default_rng(1)
-    segments = [rng.integers(0, 1024, size=(t, 128)) for t in (3, 1, 2)]
-    params = CodecParams(window=WINDOW, stride=1, lanes=1, batch=4)
-    together = [e.data for e in compress.encode_many(segments, engine, params)]
-    alone = [compress.encode_many([s], engine, params)[0].data for s in segments]
-    assert together == alone
-    for segment, restored in zip(segments, compress.decode_many(together[::-1], engine)[::-1]):
+    for segment, restored in zip(segments, compress.decode_many(together[::-1], chosen)[::-1]):
         assert (restored == segment).all()
 
 

@@ -102,10 +102,10 @@ def test_pv_bound_is_exact_at_worst_case(n_positions: int) -> None:
     p = torch.full((2, n_positions), float(p_max), dtype=dtype)
     v = torch.full((n_positions, 3), 127.0, dtype=dtype)
     assert torch.equal((p @ v).long(), torch.full((2, 3), p_max * 127 * n_positions))
-    q = torch.full((1, 2, 8), 127, dtype=torch.int8)
+    q = torch.full((1, 2, 8), 127.0)
     k = torch.full((1, n_positions, 8), 127, dtype=torch.int8)
-    scale = torch.full((1, n_positions), 0.5)
-    out = ops.attention(q, torch.ones(1, 2), k, scale, k, scale, torch.ones(2, n_positions, dtype=torch.bool),
+    scale = torch.full((1, 1, n_positions), 0.5)
+    out = ops.attention(q, torch.ones(1, 2, 1), k, scale * ops.key_factor(8), k, scale, None, n_positions,
                         ops.exp_table(), (p_max, dtype))
     torch.testing.assert_close(out, torch.full_like(out, 63.5), rtol=1e-6, atol=0)
 
@@ -119,10 +119,15 @@ def test_quantize_rows_bound_and_error(width: int, peak: float, seed: int) -> No
     x[2, 0] = peak  # a row holding the extreme value exactly
     x = x.float()
     q, scale = ops.quantize_rows(x)
+    assert q.dtype == torch.int8 and scale.shape == (4, 1)
     assert q.abs().max() <= 127 and torch.all(q[1] == 0) and scale[1] == 0
     # Half a step of error, or the row is flushed to zero explicitly (below TINY).
-    bound = torch.clamp(scale.double()[:, None] * 0.5001, min=TINY)
-    assert torch.all((q.double() * scale.double()[:, None] - x.double()).abs() <= bound)
+    bound = torch.clamp(scale.double() * 0.5001, min=TINY)
+    assert torch.all((q.double() * scale.double() - x.double()).abs() <= bound)
+    # The float form holds the same integers; a dead row takes the given scale.
+    floats, dead = ops.quantize_rows(x, ints=False, dead_scale=torch.ones(1))
+    assert floats.dtype == torch.float32 and torch.equal(floats, q.float())
+    assert dead[1] == 1 and torch.equal(dead, torch.where(scale > 0, scale, 1.0))
 
 
 def test_quantize_weight_matches_numpy() -> None:
@@ -197,6 +202,45 @@ def test_score_chunks_and_attention_blocks_are_invisible(runner: ExactRunner, mo
     monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 258)  # one window per chunk
     monkeypatch.setattr(ops, "ATTENTION_BLOCK", 17)
     assert torch.equal(runner.score(tokens), whole)
+
+
+def test_score_from_a_position_keeps_those_logits(runner: ExactRunner, monkeypatch) -> None:
+    """`first` computes only the later positions' logits (the last layer narrows its
+    queries): the same bits as the full score's, with any chunking and attention blocks."""
+    tokens = real_windows(3, first=640)
+    whole = runner.score(tokens)
+    assert torch.equal(runner.score(tokens, first=129), whole[:, 129:])
+    monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 258)
+    monkeypatch.setattr(ops, "ATTENTION_BLOCK", 17)
+    assert torch.equal(runner.score(tokens, first=200), whole[:, 200:])
+    assert torch.equal(runner.score(tokens, first=257), whole[:, 257:])
+
+
+def test_lockstep_step_equals_the_general_path(runner: ExactRunner) -> None:
+    """Rows at one shared position take the unmasked step; a padding row or rows at other
+    positions take the masked general path: the same bits for the same rows."""
+    tokens = real_windows(4, first=60)
+    runner.forward(tokens[:, :150], lens(0, 0, 0, 0), lens(150, 150, 150, 150), fresh=True)
+    shared = runner.forward(tokens[:, 150:151], lens(150, 150, 150, 150), lens(1, 1, 1, 1), kv_len=256)
+    runner.forward(tokens[:, :150], lens(0, 0, 0, 0), lens(150, 150, 150, 150), fresh=True)
+    padded = runner.forward(tokens[:, 150:151], lens(150, 150, 150, 150), lens(1, 1, 1, 0))
+    assert torch.equal(shared[:3], padded[:3])
+    # Row 3 lags one position behind: the others' logits do not change.
+    runner.forward(tokens[:, :150], lens(0, 0, 0, 0), lens(150, 150, 150, 149), fresh=True)
+    mixed = runner.forward(tokens[:, 150:151].where(torch.arange(4)[:, None] < 3, tokens[:, 149:150]),
+                           lens(150, 150, 150, 149), lens(1, 1, 1, 1))
+    assert torch.equal(mixed[:3], shared[:3])
+    assert torch.equal(mixed[3], runner.score(tokens[3:, :150])[0, -1])
+
+
+def test_prefill_in_groups_of_rows_is_invisible(runner: ExactRunner, monkeypatch) -> None:
+    tokens = real_windows(5, first=410)
+    starts, ends = lens(0, 0, 0, 0, 0), lens(129, 100, 129, 1, 0)
+    whole = runner.forward(tokens[:, :129], starts, ends, fresh=True)
+    steps_whole = runner.forward(tokens[:, 129:130], ends, lens(1, 1, 1, 1, 1))
+    monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 2 * 129)  # groups of 2 rows
+    assert torch.equal(runner.forward(tokens[:, :129], starts, ends, fresh=True)[:4], whole[:4])
+    assert torch.equal(runner.forward(tokens[:, 129:130], ends, lens(1, 1, 1, 1, 1)), steps_whole)
 
 
 def test_thread_count_does_not_change_logits(runner: ExactRunner) -> None:
@@ -282,3 +326,5 @@ def test_bad_input_raises(runner: ExactRunner) -> None:
         runner.forward(good, lens(3), lens(4), fresh=True)
     with pytest.raises(EngineError, match="tokens per row"):
         runner.score(torch.zeros(1, 259, dtype=torch.int64))
+    with pytest.raises(EngineError, match="first"):
+        runner.score(good, first=4)
