@@ -17,7 +17,7 @@ from .coder import PRECISION, TokenDecoder
 from .errors import CompressError, CorruptFileError, ModelMismatchError, TokenChecksumError, UnsupportedFormatError
 from .format import CODED, MAX_BATCH, MAX_LANES, RAW, TABLES, Header, lane_bounds, pack, pack_raw, raw_length, unpack, unpack_raw
 from .frequencies import TABLES_VERSION, TOTAL
-from .lanes import CodecParams, Progress, Segment, check_params, encode_teacher_forced, run_lockstep
+from .lanes import DEFAULT_LANES, CodecParams, Progress, Segment, check_params, encode_teacher_forced, run_lockstep
 from .mixing import MixerConfig
 
 DEFAULT_MAX_BATCH = 8  # float numerics: streams per call (every row costs time on the CPU)
@@ -164,7 +164,7 @@ def _container(array: np.ndarray, segment: Segment, engine: Engine) -> Encoded:
 
 
 def encode(tokens: np.ndarray, *, engine: Engine | None = None, window: int | None = None, stride: int = 1,
-           lanes: int = 1, mixing: bool = True, progress: Progress | None = None) -> bytes:
+           lanes: int = DEFAULT_LANES, mixing: bool = True, progress: Progress | None = None) -> bytes:
     """Compress a (T, 8, 16) or (T, 128) integer array of token ids 0..1023."""
     engine = engine or default_engine()
     window = engine.config.frames_per_window if window is None else window

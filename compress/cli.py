@@ -15,7 +15,7 @@ from engine import Engine, EngineError, resolve_device
 from models import CheckpointError
 
 from .api import DEFAULT_MAX_BATCH, decode_many, default_engine, encode_many, engine_for, fitted_batch, read_header
-from .lanes import CodecParams
+from .lanes import DEFAULT_LANES, CodecParams
 from .errors import CompressError
 from .files import STDIO, Job, Writer, into_directory, load_npy, npy_bytes, plan, read_bytes
 from .format import MAX_BATCH, MAX_LANES, PREFIX, RAW, Header, repack
@@ -65,7 +65,7 @@ def build_parser() -> Parser:
     encode.add_argument("--stride", type=int, default=1,
                         help="frames coded per window, 1..window-1; the rest of the window is context "
                              "(default: %(default)s, best rate)")
-    encode.add_argument("--lanes", type=int, default=1,
+    encode.add_argument("--lanes", type=int, default=DEFAULT_LANES,
                         help=f"independent runs per segment, 1..{MAX_LANES}: faster decoding, slightly larger "
                              "files (default: %(default)s)")
     encode.add_argument("--no-mixing", dest="mixing", action="store_false",

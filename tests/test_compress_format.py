@@ -26,11 +26,11 @@ MEMORY_BUDGET_KB = 300_000  # peak RSS growth over a whole test
 
 @pytest.fixture(scope="module")
 def sample() -> tuple[np.ndarray, bytes]:
-    """A real file: three frames coded by the shipped default model at the defaults (one
-    frame repeated, so that coding pays and the file is not stored raw)."""
+    """A real file: three frames coded by the shipped default model at the defaults but one
+    lane (one frame repeated, so that coding pays and the file is not stored raw)."""
     frame = np.random.default_rng(0).integers(0, 1024, size=(1, 8, 16)).astype(np.int16)
     tokens = np.concatenate([frame] * 3)
-    data = compress.encode(tokens)
+    data = compress.encode(tokens, lanes=1)
     assert unpack(data)[0].storage == CODED
     return tokens, data
 

@@ -209,7 +209,7 @@ def test_score_from_a_position_keeps_those_logits(runner: ExactRunner, monkeypat
     queries): the same bits as the full score's, with any chunking and attention blocks."""
     tokens = real_windows(3, first=640)
     whole = runner.score(tokens)
-    assert torch.equal(runner.score(tokens, first=129), whole[:, 129:])
+    assert torch.equal(runner.score(tokens, first=129), whole[:, 129:]) and not torch.is_inference(whole)
     monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 258)
     monkeypatch.setattr(ops, "ATTENTION_BLOCK", 17)
     assert torch.equal(runner.score(tokens, first=200), whole[:, 200:])
@@ -225,6 +225,8 @@ def test_lockstep_step_equals_the_general_path(runner: ExactRunner) -> None:
     runner.forward(tokens[:, :150], lens(0, 0, 0, 0), lens(150, 150, 150, 150), fresh=True)
     padded = runner.forward(tokens[:, 150:151], lens(150, 150, 150, 150), lens(1, 1, 1, 0))
     assert torch.equal(shared[:3], padded[:3])
+    # Computed in inference mode, returned as ordinary tensors: callers may modify them.
+    assert not torch.is_inference(shared) and not torch.is_inference(padded)
     # Row 3 lags one position behind: the others' logits do not change.
     runner.forward(tokens[:, :150], lens(0, 0, 0, 0), lens(150, 150, 150, 149), fresh=True)
     mixed = runner.forward(tokens[:, 150:151].where(torch.arange(4)[:, None] < 3, tokens[:, 149:150]),
@@ -328,3 +330,6 @@ def test_bad_input_raises(runner: ExactRunner) -> None:
         runner.score(torch.zeros(1, 259, dtype=torch.int64))
     with pytest.raises(EngineError, match="first"):
         runner.score(good, first=4)
+    with pytest.raises(EngineError, match="at least one position"):
+        runner.forward(torch.zeros(1, 0, dtype=torch.int64), lens(0), lens(0))
+    assert runner.forward(torch.zeros(0, 1, dtype=torch.int64), lens(), lens()).shape == (0, 1025)
