@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from models.tokens import FRAME_TOKENS
+from models.tokens import FRAME_TOKENS, LAYOUTS  # LAYOUTS' index is the header's layout byte
 
 from .errors import CorruptFileError, UnsupportedFormatError
 
@@ -39,7 +39,6 @@ CODED, RAW = 0, 1  # storage: range-coded with the model, or 10 bits per token w
 TABLES = (2,)  # frequency-table versions this reader knows (compress/frequencies.py)
 MIXER_TEXT = re.compile(r"[A-Za-z0-9_.:,=+/^-]{0,200}")
 NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))  # what numpy.lib.format reads and writes
-LAYOUTS = ((128,), (8, 16))  # the layout byte's values: a (T, 128) or a (T, 8, 16) array
 DTYPE_PATTERN = re.compile(r"[<>|][iu][1248]")
 MAX_FRAMES = 2**32 - 1  # the frames field is a u32
 # The most streams per engine call an encoder may write. The decoder opens this many rows

@@ -1,9 +1,10 @@
 """Logits -> integer frequency tables, bit-identical on any machine.
 
-Two table versions, recorded per file (a file decodes only with its own version):
+Two table versions; a file records the one it was coded with (format 2: version 2):
 
 - version 1, `frequencies`: numpy, per row, float64 with a degree-11 Taylor polynomial for
-  exp2. Slow (25-30 us per row batched), kept so files written with it still decode.
+  exp2. Slow (25-30 us per row batched). Format 1 files used it; it stays as the plain
+  reference the tests and `bench/` measure version 2 against.
 - version 2, `frequency_tables`: torch, on the logits' device, vectorized over any number of
   rows. exp2 becomes one lookup in a fixed-point table: about a dozen cheap passes over a
   block of rows (about 5 us per row on one 2-core-VM CPU thread, 5-8x faster than v1).

@@ -191,8 +191,8 @@ def attention(
     masked: Tensor | None, last_key: int, table: Tensor, pv_max: tuple[int, torch.dtype],
 ) -> Tensor:
     """q float32 integers [..., Tq, d] with scales [..., Tq, 1] (1 where q is all zero);
-    k int8 or float32 integers [..., Tk, d] with k_mult = k_scale * key_factor(d) [..., 1, Tk];
-    v likewise with v_scale [..., 1, Tk]; masked bool [..., Tq, Tk] (None: no key masked)
+    k float32 integers [..., Tk, d] with k_mult = k_scale * key_factor(d) [..., 1, Tk];
+    v integers in pv_max's dtype with v_scale [..., 1, Tk]; masked bool [..., Tq, Tk] (None: no key masked)
     marks keys a query must not see; query row i sees no key beyond last_key + i, and key 0
     always -> float32 [..., Tq, d]. Queries go in blocks, each reading keys only up to the
     last one it may see: the rest would get weight exactly 0."""
@@ -225,7 +225,7 @@ def _attention(
     if d > F32_EXACT_K:
         raise EngineError(f"attention: head_dim {d} exceeds {F32_EXACT_K}, QK^T would not be exact in float32")
     # bmm on [batch * head] rather than matmul's broadcasting: fewer dispatched ops a call.
-    u = torch.bmm(q.reshape(-1, tq, d), k.float().reshape(-1, keys, d).transpose(1, 2))
+    u = torch.bmm(q.reshape(-1, tq, d), k.reshape(-1, keys, d).transpose(1, 2))
     u = u.view(*lead, tq, keys).mul_(k_mult)
     if masked is not None:
         u.masked_fill_(masked, math.inf)
@@ -237,6 +237,6 @@ def _attention(
     wmax = w.amax(dim=-1, keepdim=True)
     wmax = torch.where(wmax > _c(0.0, wmax), wmax, _c(1.0, wmax))
     p = w.mul_(_c(p_max, wmax) / wmax).round_()
-    acc = torch.bmm(p.to(pv_dtype).view(-1, tq, keys), v.to(pv_dtype).reshape(-1, keys, d)).view(*lead, tq, d)
+    acc = torch.bmm(p.to(pv_dtype).view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
     # float32 operands promote to float64 inside these ops, exactly (as separate casts would).
     return torch.mul(acc, wmax / total.mul_(const(p_max, torch.float64, total.device))).float()

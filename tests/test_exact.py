@@ -103,9 +103,9 @@ def test_pv_bound_is_exact_at_worst_case(n_positions: int) -> None:
     v = torch.full((n_positions, 3), 127.0, dtype=dtype)
     assert torch.equal((p @ v).long(), torch.full((2, 3), p_max * 127 * n_positions))
     q = torch.full((1, 2, 8), 127.0)
-    k = torch.full((1, n_positions, 8), 127, dtype=torch.int8)
+    k = torch.full((1, n_positions, 8), 127.0)
     scale = torch.full((1, 1, n_positions), 0.5)
-    out = ops.attention(q, torch.ones(1, 2, 1), k, scale * ops.key_factor(8), k, scale, None, n_positions,
+    out = ops.attention(q, torch.ones(1, 2, 1), k, scale * ops.key_factor(8), k.to(dtype), scale, None, n_positions,
                         ops.exp_table(), (p_max, dtype))
     torch.testing.assert_close(out, torch.full_like(out, 63.5), rtol=1e-6, atol=0)
 
