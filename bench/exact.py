@@ -29,7 +29,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MINUTE = "3b41c0fa8959aea6c118e5714f412a2e_13.npy"
 VAL_FRACTION = 0.15
 STEP_ROWS = (1, 8, 32, 64)  # decode steps of this many streams in lockstep
-CODED_FROM = 129  # a 2-frame window codes the tokens after position 129 (its second frame)
+CODED_FROM = 129  # a 2-frame window codes its second frame from the logits at positions 129..256
 
 
 def windows(frames: np.ndarray, first: int, bos: int) -> np.ndarray:

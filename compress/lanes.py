@@ -105,22 +105,26 @@ def _encode_windows(engine, segment: Segment, group: list[tuple[int, int, int]],
     first_frame, end_frame = group[0][1], group[-1][2]
     lanes = len(segment.bounds)
     tables = np.zeros((end_frame - first_frame, lanes, FRAME_TOKENS, 1024), dtype=np.int64)
-    requests: dict[int, list[tuple[int, int, int, int]]] = {}  # length -> (lane, context, first, end)
+    # Windows that share a length and a first coded position are scored together; logits
+    # are computed from that position on (the context's own logits are never used).
+    requests: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}  # -> (lane, context, first, stop)
     for context, first, end in group:
         for lane in range(lanes):
             stop = min(end, int(segment.lengths[lane]))
             if first < stop:
-                requests.setdefault((stop - context) * per_frame, []).append((lane, context, first, stop))
-    for length, items in requests.items():
-        for start in range(0, len(items), max(1, SCORE_TOKENS // length)):
-            batch = items[start : start + max(1, SCORE_TOKENS // length)]
+                key = ((stop - context) * per_frame, (first - context) * per_frame)
+                requests.setdefault(key, []).append((lane, context, first, stop))
+    for (length, skip), items in requests.items():
+        per_call = max(1, SCORE_TOKENS // length)
+        for start in range(0, len(items), per_call):
+            batch = items[start : start + per_call]
             prompt = np.full((len(batch), length), engine.config.bos_token_id, dtype=np.int64)
             for row, (lane, context, _, stop) in enumerate(batch):
                 prompt[row].reshape(-1, per_frame)[:, 1:] = segment.lane(lane)[context:stop]
-            logits = engine.score(torch.from_numpy(prompt))
+            logits = engine.score(torch.from_numpy(prompt), first=skip)
             for row, (lane, context, first, stop) in enumerate(batch):
                 # Logits at a frame's BOS and its first 127 tokens predict its 128 tokens.
-                offsets = (np.arange(first, stop)[:, None] - context) * per_frame + np.arange(FRAME_TOKENS)
+                offsets = (np.arange(first, stop)[:, None] - context) * per_frame + np.arange(FRAME_TOKENS) - skip
                 rows = logits[row, torch.from_numpy(offsets.reshape(-1))]
                 tables[first - first_frame : stop - first_frame, lane] = (
                     frequency_tables(rows).cpu().numpy().reshape(stop - first, FRAME_TOKENS, -1)

@@ -68,7 +68,7 @@ class Engine:
         self._streams: Streams | None = None
         if numerics.mode == "exact":  # integer weights and an int8 cache of its own
             self.runner = ExactRunner(self.model, max_batch=max_batch, device=device)
-            self._forward = self._exact_forward
+            self._forward = self.runner.forward
             self.batch_invariant = True
             return
         shape = CacheShape(config.n_layer, max_batch, config.n_positions, config.n_head, config.head_dim)
@@ -77,10 +77,6 @@ class Engine:
         self.batch_invariant = ops.batch_invariant
         self.runner: ModelRunner | ExactRunner = ModelRunner(self.model, self.cache, ops)
         self._forward = self._runner_forward(numerics)
-
-    def _exact_forward(self, tokens, start, query_lens, fresh: bool = False, kv_len: int | None = None):
-        """`ChunkFn` over the exact runner, which bounds the keys it reads by itself."""
-        return self.runner.forward(tokens, start, query_lens, fresh)
 
     def _runner_forward(self, numerics: Numerics) -> ChunkFn:
         """The float chunk forward, compiled or not."""
@@ -165,13 +161,13 @@ class Engine:
         self._streams = Streams(spec, batch_size)
         return self._streams
 
-    def score(self, tokens: torch.Tensor) -> torch.Tensor:
+    def score(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
         """Teacher forcing, exact numerics only: int64 `tokens [B, L]` from position 0 ->
-        float32 logits `[B, L, vocab]` for every position, bit-identical to what a prefill
-        of the first t+1 tokens (or a prefill and steps) gives at position t."""
+        float32 logits `[B, L - first, vocab]` for positions first..L-1, bit-identical to
+        what a prefill of the first t+1 tokens (or a prefill and steps) gives at position t."""
         if not isinstance(self.runner, ExactRunner):
             raise EngineError("score() needs exact numerics: float logits depend on the call's shape")
-        return self.runner.score(tokens.to(self.device))
+        return self.runner.score(tokens.to(self.device), first)
 
     # `engine.imagine(tokens, n, ...)`: imagine.py's function, a client of the streams above.
     imagine = _imagine

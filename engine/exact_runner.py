@@ -237,6 +237,7 @@ class ExactRunner:
         def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
             # [rows, length, 2, head, ...] -> [2, rows, head, length, ...]: contiguous per head.
             k, v = kv.permute(2, 0, 3, 1, 4).contiguous()
+            v = v.to(self.pv_max[1])
             k_mult, v_scale = kv_scale.permute(2, 0, 3, 4, 1)
             y = ops.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale,
                               masked[first:] if narrowed else masked, first if narrowed else 0,

@@ -169,10 +169,12 @@ def test_score_equals_prefill_then_steps(runner: ExactRunner) -> None:
         assert torch.equal(logits, scored[:, 99 + i]), f"position {99 + i}"
 
 
-def test_score_equals_prefill_of_every_prefix() -> None:
+@pytest.mark.parametrize("n_positions", [258, 387])  # PV sums in float32, and in float64
+def test_score_equals_prefill_of_every_prefix(n_positions: int) -> None:
     torch.manual_seed(0)
-    tiny = models.GPT(models.GPTConfig(n_positions=258, n_layer=2, n_head=2, n_embd=32, n_inner=64)).eval()
+    tiny = models.GPT(models.GPTConfig(n_positions=n_positions, n_layer=2, n_head=2, n_embd=32, n_inner=64)).eval()
     runner = ExactRunner(tiny, max_batch=2)
+    assert runner.pv_max[1] == (torch.float32 if n_positions == 258 else torch.float64)
     tokens = torch.randint(0, 1025, (2, 140))
     scored = runner.score(tokens)
     for length in range(1, 141):
