@@ -23,7 +23,7 @@ from .quantize import QMAX, TINY, QuantizedLinear
 F32_EXACT_K = 1040
 # int32 accumulation of int8 x int8 with |values| <= 127: |sum| <= 16129 * K < 2**31 - 1.
 INT32_MAX_K = (2**31 - 1) // (QMAX * QMAX)
-MATMUL_PATHS = ("int_mm", "float32", "float64")
+MATMUL_PATHS = ("int_mm", "triton", "float32", "float64")
 
 LN_BITS = 20  # LayerNorm rows become integers |X| <= 2**20 before their sums.
 GELU_STEP_BITS = 10  # GELU table on a grid of 2**-10 over [-GELU_RANGE, GELU_RANGE].
@@ -43,7 +43,13 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, path: str | None = None) -> tor
     k = a.shape[1]
     if k > INT32_MAX_K:
         raise EngineError(f"int_matmul: K={k} could overflow int32 (at most {INT32_MAX_K})")
-    path = path or ("int_mm" if a.device.type in ("cpu", "cuda") else "float64")
+    # CUDA: the Triton kernel (`kernels.int8_matmul`: int8 tensor cores, int32 accumulation,
+    # any M, no padding); the CPU: ATen's int8 GEMM.
+    path = path or {"cuda": "triton", "cpu": "int_mm"}.get(a.device.type, "float64")
+    if path == "triton":
+        import kernels  # lazily: CPU users never need Triton
+
+        return kernels.int8_matmul(a.contiguous(), b.contiguous())
     if path == "int_mm":
         if a.device.type == "cuda":  # cuBLASLt int8 GEMM: M >= 17, K and N multiples of 8.
             m, n = a.shape[0], b.shape[0]

@@ -335,3 +335,13 @@ def test_bad_input_raises(runner: ExactRunner) -> None:
     with pytest.raises(EngineError, match="at least one position"):
         runner.forward(torch.zeros(1, 0, dtype=torch.int64), lens(0), lens(0))
     assert runner.forward(torch.zeros(0, 1, dtype=torch.int64), lens(), lens()).shape == (0, 1025)
+
+
+def test_the_triton_int8_kernel_path_gives_the_same_logits(model, runner) -> None:
+    """The CUDA default (`kernels.int8_matmul`, here under the Triton interpreter) computes
+    the very integers of the CPU's `torch._int_mm`: identical logits, prefill and steps."""
+    triton_runner = ExactRunner(model, max_batch=2, device="cpu", matmul_path="triton")
+    tokens = real_windows(2)[:, :140]
+    assert torch.equal(triton_runner.score(tokens, first=120), runner.score(tokens, first=120))
+    got, want = (steps(r, tokens, prefill=136) for r in (triton_runner, runner))
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
