@@ -31,9 +31,11 @@ from .mixing import ContextMixer
 
 Progress = Callable[[int], None]  # called with the number of tokens just coded
 SCORE_TOKENS = 16384  # teacher-forced tokens per engine.score call: big GEMMs, bounded memory
-# Lanes by default: on the training minute (shipped model, exact numerics, mixing) 8 lanes
-# decode 5.4x faster than 1 (3,070 vs 570 tokens/s) for 1.6% more bits (docs/BENCHMARKS.md).
-DEFAULT_LANES = 8
+# One lane by default: each lane starts without context and sees only its own recent frames,
+# which is what the mixer learns most from. On the validation tail of the training minute
+# (a drive the model was not trained on) 8 lanes cost 5.4% more bits (mixing's gain vanished),
+# for 5-6x faster decoding; `--lanes` trades the other way (docs/BENCHMARKS.md).
+DEFAULT_LANES = 1
 
 
 @dataclass(frozen=True)
