@@ -158,7 +158,7 @@ def _container(array: np.ndarray, segment: Segment, engine: Engine) -> Encoded:
         dtype=array.dtype.str, shape=array.shape, fortran_order=array.ndim > 1 and np.isfortran(array),
         token_crc=zlib.crc32(np.ascontiguousarray(array).tobytes()), payload_length=len(payload),
         payload_crc=zlib.crc32(payload), tables=TABLES_VERSION, storage=storage,
-        mixer=segment.mixer.version if segment.mixer is not None else "",
+        mixer=segment.mixer_version,
     )
     return Encoded(pack(header, payload), segment.ideal_bits)
 

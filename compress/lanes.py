@@ -27,7 +27,7 @@ from .coder import TokenDecoder, TokenEncoder, code_length, interleaved_rows
 from .errors import CompressError
 from .format import lane_bounds
 from .frequencies import frequency_tables
-from .mixing import ContextMixer
+from .mixing import ContextMixer, MixerConfig
 
 Progress = Callable[[int], None]  # called with the number of tokens just coded
 SCORE_TOKENS = 16384  # teacher-forced tokens per engine.score call: big GEMMs, bounded memory
@@ -60,7 +60,11 @@ class Segment:
     def __post_init__(self) -> None:
         self.bounds = lane_bounds(len(self.frames), self.params.lanes)
         self.lengths = np.array([b - a for a, b in self.bounds], dtype=np.int64)
-        self.mixer = ContextMixer(len(self.bounds)) if self.params.mixing and self.bounds else None
+
+    @property
+    def mixer_version(self) -> str:
+        """What the header records: the mixer's version, or "" when mixing is off."""
+        return MixerConfig().version if self.params.mixing else ""
 
     def lane(self, index: int) -> np.ndarray:
         start, end = self.bounds[index]
@@ -91,16 +95,18 @@ def encode_teacher_forced(engine, segment: Segment, progress: Progress | None = 
     """Code every token of `segment` from `engine.score` over whole windows."""
     params = segment.params
     longest = int(segment.lengths.max(initial=0))
+    mixer = ContextMixer(len(segment.bounds)) if params.mixing and segment.bounds else None
     pending: list[tuple[int, int, int]] = []  # windows whose tables are not computed yet
     for window in windows(longest, params):
         pending.append(window)
         tokens = sum((end - context) * (FRAME_TOKENS + 1) for context, _, end in pending) * len(segment.bounds)
         if tokens >= SCORE_TOKENS or window[2] == longest:
-            _encode_windows(engine, segment, pending, progress)
+            _encode_windows(engine, segment, mixer, pending, progress)
             pending = []
 
 
-def _encode_windows(engine, segment: Segment, group: list[tuple[int, int, int]], progress: Progress | None) -> None:
+def _encode_windows(engine, segment: Segment, mixer: ContextMixer | None, group: list[tuple[int, int, int]],
+                    progress: Progress | None) -> None:
     """Tables for the coded frames of `group` in every lane, then mixed and coded in stream
     order (frame by frame; within a frame, position by position, lanes in order)."""
     per_frame = FRAME_TOKENS + 1
@@ -135,9 +141,9 @@ def _encode_windows(engine, segment: Segment, group: list[tuple[int, int, int]],
         active = np.flatnonzero(segment.lengths > frame)
         frames = np.stack([segment.lane(lane)[frame] for lane in active])
         frame_tables = tables[frame - first_frame, active]
-        if segment.mixer is not None:
-            frame_tables = segment.mixer.predict_frame(frame_tables, frames, rows=active)
-            segment.mixer.end_frame(frames, rows=active)
+        if mixer is not None:
+            frame_tables = mixer.predict_frame(frame_tables, frames, rows=active)
+            mixer.end_frame(frames, rows=active)
         # Stream order within a frame: position-major, lanes in order.
         flat_tables = frame_tables.transpose(1, 0, 2).reshape(-1, 1024)
         flat_tokens = frames.T.reshape(-1)
@@ -151,7 +157,7 @@ def _encode_windows(engine, segment: Segment, group: list[tuple[int, int, int]],
 def run_lockstep(engine, segments: list[Segment], batch: int, progress: Progress | None = None) -> None:
     """Code all lanes of `segments` together, prefilling and stepping `batch` streams (at
     least the total lane count; spare rows are fed BOS). Decodes segments that have a
-    decoder, encodes the others."""
+    decoder, encodes the others. One mixer serves every segment, each its own group."""
     rows = [(segment, lane) for segment in segments for lane in range(len(segment.bounds))]
     if not rows:
         return
@@ -161,6 +167,11 @@ def run_lockstep(engine, segments: list[Segment], batch: int, progress: Progress
     config = engine.config
     bos, per_frame = config.bos_token_id, config.tokens_per_frame
     lengths = np.array([segment.lengths[lane] for segment, lane in rows])
+    groups = np.array([index for index, segment in enumerate(segments) for _ in segment.bounds])
+    mixer = ContextMixer(len(rows), groups=groups) if params.mixing else None
+    # A segment's rows are consecutive, and its running lanes at any frame are a prefix of them.
+    first_row = np.cumsum([0] + [len(segment.bounds) for segment in segments])
+    current = np.zeros((len(rows), FRAME_TOKENS), dtype=np.int64)  # the frame being coded, per row
     streams = engine.open_streams(batch)
     fed = np.full(batch, bos, dtype=np.int64)
     for context, first, end in windows(int(lengths.max()), params):
@@ -171,58 +182,48 @@ def run_lockstep(engine, segments: list[Segment], batch: int, progress: Progress
         logits = streams.prefill(torch.from_numpy(prompt))
         for frame in range(first, end):
             active = np.flatnonzero(lengths > frame)
+            active_tensor = torch.from_numpy(active)
+            # Each segment's slice of `active`: its stream codes these rows, in lane order.
+            spans = [(segment, *np.searchsorted(active, first_row[index : index + 2]))
+                     for index, segment in enumerate(segments)]
+            for row in active:
+                segment, lane = rows[row]
+                current[row] = segment.lane(lane)[frame] if segment.decoder is None else 0
             for position in range(FRAME_TOKENS):
-                tables = frequency_tables(logits[torch.from_numpy(active)]).cpu().numpy()
-                fed[:] = bos
-                fed[active] = _code_step(rows, active, frame, position, tables)
+                tables = frequency_tables(logits[active_tensor]).cpu().numpy()
+                if mixer is not None:
+                    tables = mixer.predict(position, tables, current[active], rows=active)
+                for segment, lo, hi in spans:
+                    _code_tokens(segment, tables[lo:hi], current, active[lo:hi], position)
+                tokens = current[active, position]
+                if mixer is not None:
+                    mixer.observe(position, tokens)
                 if progress:
                     progress(len(active))
                 last_of_window = frame == end - 1 and position == FRAME_TOKENS - 1
                 if not last_of_window:  # the next window starts with a fresh prefill instead
+                    fed[:] = bos
+                    fed[active] = tokens
                     logits = streams.step(torch.from_numpy(fed))
             if frame < end - 1:
                 logits = streams.step(torch.full((batch,), bos, dtype=torch.int64))
-            _end_frame(rows, active, frame)
+            for row in active:
+                segment, lane = rows[row]
+                segment.lane(lane)[frame] = current[row]
+            if mixer is not None:
+                mixer.end_frame(current[active], rows=active)
 
 
-def _code_step(rows, active: np.ndarray, frame: int, position: int, tables: np.ndarray) -> np.ndarray:
-    """Code token `position` of `frame` in every active row; returns the tokens."""
-    tokens = np.empty(len(active), dtype=np.int64)
-    for segment, members in _by_segment(rows, active):
-        lanes = np.array([rows[row][1] for row in members])
-        index = np.searchsorted(active, members)
-        segment_tables = tables[index]
-        if segment.mixer is not None:
-            partial = np.stack([segment.lane(lane)[frame] for lane in lanes])
-            segment_tables = segment.mixer.predict(position, segment_tables, partial, rows=lanes)
-        if segment.decoder is not None:
-            coded = segment.decoder.decode(segment_tables)
-            for lane, token in zip(lanes, coded):
-                segment.lane(lane)[frame, position] = token
-        else:
-            coded = np.array([segment.lane(lane)[frame, position] for lane in lanes])
-            segment.encoder.encode(coded, segment_tables)
-            segment.ideal_bits += code_length(segment_tables, coded)
-        if segment.mixer is not None:
-            segment.mixer.observe(position, coded)
-        tokens[index] = coded
-    return tokens
-
-
-def _end_frame(rows, active: np.ndarray, frame: int) -> None:
-    for segment, members in _by_segment(rows, active):
-        if segment.mixer is not None:
-            lanes = np.array([rows[row][1] for row in members])
-            segment.mixer.end_frame(np.stack([segment.lane(lane)[frame] for lane in lanes]), rows=lanes)
-
-
-def _by_segment(rows, active: np.ndarray) -> Iterator[tuple[Segment, list[int]]]:
-    """The active rows grouped by segment, in row order (so lanes stay in lane order)."""
-    groups: dict[int, tuple[Segment, list[int]]] = {}
-    for row in active:
-        segment = rows[row][0]
-        groups.setdefault(id(segment), (segment, []))[1].append(int(row))
-    return iter(groups.values())
+def _code_tokens(segment: Segment, tables: np.ndarray, current: np.ndarray, rows: np.ndarray, position: int) -> None:
+    """Decode (into `current`) or encode (from it) one segment's tokens at `position`."""
+    if not len(rows):
+        return
+    if segment.decoder is not None:
+        current[rows, position] = segment.decoder.decode(tables)
+    else:
+        tokens = current[rows, position]
+        segment.encoder.encode(tokens, tables)
+        segment.ideal_bits += code_length(tables, tokens)
 
 
 def stream_order(segment: Segment) -> tuple[np.ndarray, np.ndarray]:

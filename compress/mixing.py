@@ -20,11 +20,12 @@ exp comes from a table built by repeated multiplication, never from libm.
 Counts and weights are updated once per frame step, so the encoder mixes a whole frame at
 once (`predict_frame`) and the decoder token by token (`predict` + `observe`) with
 bit-identical tables; each then calls `end_frame` with every running lane's frame (`rows`
-names the lanes of a call). The lanes of a segment share the counts and weights: lanes run
-in lockstep, so at frame step t every lane sees the statistics of all lanes' frames before
-t, on both sides, and a segment split into many lanes (to decode faster) still learns from
-all of it. Only the previous frames (`prev`, `prev2`) are a lane's own. A mixer belongs to
-one segment: its tables never depend on other segments coded alongside.
+names the lanes of a call). Lanes are grouped (`groups`: one group per segment): the lanes
+of a group share the counts and weights. Lanes run in lockstep, so at frame step t every
+lane sees the statistics of its group's frames before t, on both sides, and a segment split
+into lanes still learns from all of it. Only the previous frames (`prev`, `prev2`) are a
+lane's own. Groups never mix: one mixer can serve many segments decoded side by side (one
+call per step for all of them), and a segment's tables never depend on the others.
 """
 from __future__ import annotations
 
@@ -92,9 +93,13 @@ class ContextMixer:
     """One segment's counts and mixing logits, shared by its lanes; see the module docstring
     for the two call patterns."""
 
-    def __init__(self, lanes: int, config: MixerConfig = MixerConfig()) -> None:
+    def __init__(self, lanes: int, config: MixerConfig = MixerConfig(), groups: np.ndarray | None = None) -> None:
         if lanes < 1:
             raise CompressError(f"lanes must be >= 1, got {lanes}")
+        self._group = np.zeros(lanes, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+        if self._group.shape != (lanes,) or self._group.min() < 0:
+            raise CompressError(f"groups must give each of the {lanes} lanes a group >= 0")
+        count = int(self._group.max()) + 1
         self.lanes, self.config = lanes, config
         self.version = config.version
         k = len(config.contexts)
@@ -102,10 +107,10 @@ class ContextMixer:
         # serves them all.
         sizes = [FRAME if c == "cell" else SYMBOLS for c in config.contexts]
         self._offset = np.cumsum([0] + sizes[:-1])
-        self._counts = np.zeros((sum(sizes), SYMBOLS), dtype=np.int32)
+        self._counts = np.zeros((count, sum(sizes), SYMBOLS), dtype=np.int32)
         self._counts.fill(0)  # touch every page now: faulting them in one by one while coding is slower
-        self._seen = np.zeros(sum(sizes), dtype=np.int64)  # n per context row
-        self._v = np.full((k, config.buckets), config.start << V_BITS, dtype=np.int64)
+        self._seen = np.zeros((count, sum(sizes)), dtype=np.int64)  # n per group and context row
+        self._v = np.full((count, k, config.buckets), config.start << V_BITS, dtype=np.int64)
         self._prev = np.full((lanes, 2, FRAME), -1, dtype=np.int64)  # frames t-1, t-2; -1: none yet
         # What end_frame learns from, per lane and cell: the token; each context's logit set
         # (-1: unused); P(token), then each context's weight w_k and Q_k(token).
@@ -159,11 +164,11 @@ class ContextMixer:
         # >= 1, rows summing to TOTAL); checking each row again would cost two of the dozen
         # passes over [N, 1024] that are this stage's time.
         model = model.astype(np.int64, copy=False)
-        prior = self.config.prior
+        prior, group = self.config.prior, self._group[rows][:, None]
         index = np.where(context >= 0, context + self._offset, 0)
-        n = np.where(context >= 0, self._seen[index], 0)
+        n = np.where(context >= 0, self._seen[group, index], 0)
         sets = np.where(n > 0, np.minimum(np.frexp(n + 1.0)[1] - 1, self.config.buckets - 1), -1)
-        logit = self._v[self._which, np.maximum(sets, 0)]
+        logit = self._v[group, self._which, np.maximum(sets, 0)]
         e = np.where(n > 0, EXP[(logit >> (V_BITS - TABLE_STEP)) + (V_LIMIT >> TABLE_STEP)], 0.0)
         denominator = np.ones(len(rows))
         for k in range(e.shape[1]):  # float additions in a fixed order
@@ -174,7 +179,7 @@ class ContextMixer:
         b = np.floor(w * UNIT / (n + prior) * (1 << SHIFT)).astype(np.int64)
         a = ((UNIT << SHIFT) - (b * n).sum(axis=1)) // UNIT
         counts, product = self._scratch(len(rows))
-        np.take(self._counts, index, axis=0, out=counts)
+        np.take(self._counts.reshape(-1, SYMBOLS), group * self._counts.shape[1] + index, axis=0, out=counts)
         freq = model - 1  # in place from here on: these passes over [N, 1024] are the cost
         freq *= a[:, None]
         for k in range(counts.shape[1]):
@@ -243,15 +248,17 @@ class ContextMixer:
         # d log P / d v_k = w_k (Q_k - P) / P, rounded to fixed point, summed exactly.
         grad = np.floor(w * (q - p) / p * (1 << V_BITS) + 0.5).astype(np.int64)
         used = sets >= 0
-        total = np.zeros((k, self.config.buckets), dtype=np.int64)  # summed over the lanes: integers, any order
+        total = np.zeros_like(self._v)  # summed over each group's lanes: integers, any order
+        group = np.broadcast_to(self._group[rows][:, None, None], sets.shape)
         which = np.broadcast_to(np.arange(k), sets.shape)
-        np.add.at(total, (which[used], sets[used]), grad[used])
+        np.add.at(total, (group[used], which[used], sets[used]), grad[used])
         self._v = np.clip(self._v + ((total * self.config.lr) >> self.config.lr_shift), -V_LIMIT, V_LIMIT)
         context = self._contexts(rows, frames)
         known = context >= 0
+        group = np.broadcast_to(self._group[rows][:, None, None], context.shape)[known]
         index = (context + self._offset[:, None])[known]
-        np.add.at(self._counts, (index, np.broadcast_to(frames[:, None], context.shape)[known]), 1)
-        np.add.at(self._seen, index, 1)
+        np.add.at(self._counts, (group, index, np.broadcast_to(frames[:, None], context.shape)[known]), 1)
+        np.add.at(self._seen, (group, index), 1)
         self._prev[rows, 1] = self._prev[rows, 0]
         self._prev[rows, 0] = frames
         self._token[rows] = -1
