@@ -12,6 +12,8 @@ calls imagine makes. The encoder gets the same logits two ways:
 - exact numerics: one teacher-forced `engine.score` over many whole windows at once; the
   engine guarantees those logits equal the decoder's prefill-and-step logits, bit for bit;
 - float numerics: it makes the decoder's own calls (float logits depend on call shapes).
+Logits become tables (`frequencies.py`), the context mixer (`mixing.py`) mixes them with
+what the segment has shown so far, and the range coder codes each token.
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ import torch
 
 from models.tokens import FRAME_TOKENS
 
-from .coder import TokenDecoder, TokenEncoder, code_length, interleaved_rows
+from .coder import TokenDecoder, TokenEncoder, code_length
 from .errors import CompressError
 from .format import lane_bounds
-from .frequencies import frequency_tables
+from .frequencies import SYMBOLS, frequency_tables
 from .mixing import ContextMixer, MixerConfig
 
 Progress = Callable[[int], None]  # called with the number of tokens just coded
@@ -112,7 +114,7 @@ def _encode_windows(engine, segment: Segment, mixer: ContextMixer | None, group:
     per_frame = FRAME_TOKENS + 1
     first_frame, end_frame = group[0][1], group[-1][2]
     lanes = len(segment.bounds)
-    tables = np.zeros((end_frame - first_frame, lanes, FRAME_TOKENS, 1024), dtype=np.int64)
+    tables = np.zeros((end_frame - first_frame, lanes, FRAME_TOKENS, SYMBOLS), dtype=np.int64)
     # Windows that share a length and a first coded position are scored together; logits
     # are computed from that position on (the context's own logits are never used).
     requests: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}  # -> (lane, context, first, stop)
@@ -145,7 +147,7 @@ def _encode_windows(engine, segment: Segment, mixer: ContextMixer | None, group:
             frame_tables = mixer.predict_frame(frame_tables, frames, rows=active)
             mixer.end_frame(frames, rows=active)
         # Stream order within a frame: position-major, lanes in order.
-        flat_tables = frame_tables.transpose(1, 0, 2).reshape(-1, 1024)
+        flat_tables = frame_tables.transpose(1, 0, 2).reshape(-1, SYMBOLS)
         flat_tokens = frames.T.reshape(-1)
         segment.encoder.encode(flat_tokens, flat_tables)
         segment.ideal_bits += code_length(flat_tables, flat_tokens)
@@ -224,8 +226,3 @@ def _code_tokens(segment: Segment, tables: np.ndarray, current: np.ndarray, rows
         tokens = current[rows, position]
         segment.encoder.encode(tokens, tables)
         segment.ideal_bits += code_length(tables, tokens)
-
-
-def stream_order(segment: Segment) -> tuple[np.ndarray, np.ndarray]:
-    """(lane, token step) of every coded token in stream order; for tests and tools."""
-    return interleaved_rows(segment.lengths * FRAME_TOKENS, 0, int(segment.lengths.max(initial=0)) * FRAME_TOKENS)
