@@ -1,10 +1,11 @@
-"""Imagine speed: the engine against Hugging Face `transformers` generation, same weights, same run.
+"""Imagine speed: the engine against Hugging Face `transformers` generation and (with
+`--gpt-fast`) a gpt-fast-style generator (`bench.gpt_fast`), same weights, same run.
 
     python -m bench.imagine --layers 4               # CPU: gpt2m width, 4 layers
-    python -m bench.imagine --device cuda            # GPU: full-size gpt2m, random weights
+    python -m bench.imagine --device cuda --gpt-fast # GPU: full-size gpt2m, random weights
 
-Per frame both sides prefill the last 19 frames (each behind BOS) plus the new BOS, then
-sample 128 tokens one at a time: exactly commaVQ's generation loop.
+Per frame every side prefills the last 19 frames (each behind BOS) plus the new BOS, then
+samples 128 tokens one at a time: exactly commaVQ's generation loop.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch  # noqa: E402
 import models  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine import fast_dtype, resolve_device  # noqa: E402
+from bench.gpt_fast import GptFast  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -35,6 +37,15 @@ def time_engine(engine: Engine, drives: np.ndarray, frames: int) -> float:
     start = time.perf_counter()
     engine.imagine(drives, frames, seed=0)
     synchronize(engine.device)
+    return (time.perf_counter() - start) / frames
+
+
+def time_gpt_fast(generator: GptFast, drives: np.ndarray, frames: int) -> float:
+    """Seconds per imagined frame of the gpt-fast-style baseline, timed as `time_engine`."""
+    synchronize(generator.device)
+    start = time.perf_counter()
+    generator.imagine(drives, frames, seed=0)
+    synchronize(generator.device)
     return (time.perf_counter() - start) / frames
 
 
@@ -76,6 +87,10 @@ def main() -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: the engine's (CUDA only)")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--exact", action="store_true", help="also time exact (integer) numerics, side by side")
+    parser.add_argument("--gpt-fast", action="store_true",
+                        help="also time the gpt-fast-style baseline (static cache, SDPA, reduce-overhead decode)")
+    parser.add_argument("--gpt-fast-compile", action=argparse.BooleanOptionalAction,
+                        help="compile its decode step (default: on CUDA only)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,8 +135,9 @@ def main() -> None:
     gigabytes = config.frame_tokens * (weight_bytes + kv_bytes) / 1e9  # upper bound of bytes read per frame
     print(f"engine       batch 1: {per_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / per_frame:8.1f} tokens/s"
           f"  ~{gigabytes / per_frame:.1f} GB/s")
-    print(f"engine       batch {args.batch}: {args.batch / per_frame_batch:9.2f} frames/s "
-          f"{args.batch * config.frame_tokens / per_frame_batch:8.1f} tokens/s")
+    print(f"engine       batch {args.batch}: {per_frame_batch * 1e3:9.1f} ms/frame  "
+          f"{args.batch * config.frame_tokens / per_frame_batch:8.1f} tokens/s  "
+          f"{args.batch / per_frame_batch:.2f} frames/s")
     if args.exact:
         exact = Engine(model, device=device, max_batch=args.batch, numerics="exact")
         exact.imagine(drives[:1], 1, seed=0)  # warm-up
@@ -137,9 +153,34 @@ def main() -> None:
             hf_frame = min(time_transformers(hf, drives[:1], config, device) for _ in range(args.frames))
             hf_batch = time_transformers(hf, drives, config, device)
         print(f"transformers ({str(hf_dtype).removeprefix('torch.')}) batch 1: {hf_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / hf_frame:8.1f} tokens/s")
-        print(f"transformers batch {args.batch}: {args.batch / hf_batch:9.2f} frames/s")
+        print(f"transformers batch {args.batch}: {hf_batch * 1e3:9.1f} ms/frame  "
+              f"{args.batch * config.frame_tokens / hf_batch:8.1f} tokens/s  {args.batch / hf_batch:.2f} frames/s")
         print(f"speed-up vs transformers: {hf_frame / per_frame:.2f}x per frame at batch 1, "
               f"{hf_batch / per_frame_batch:.2f}x at batch {args.batch}")
+    if args.gpt_fast:
+        time_gpt_fast_side_by_side(model, drives, args, device, dtype, (per_frame, per_frame_batch))
+
+
+def time_gpt_fast_side_by_side(model: models.GPT, drives: np.ndarray, args: argparse.Namespace, device: torch.device,
+                               dtype: torch.dtype, engine_seconds: tuple[float, float]) -> None:
+    """Build, warm up (compile, record the CUDA graph) and time the gpt-fast-style baseline at
+    batch 1 and batch B in the engine's dtype; print it against the engine's seconds per frame."""
+    tokens = model.config.frame_tokens
+    start = time.perf_counter()
+    # One generator per batch size: its static cache is built for one batch.
+    one = GptFast(model, 1, device=device, dtype=dtype, compile=args.gpt_fast_compile)
+    one.imagine(drives[:1], 1, seed=0)
+    many = GptFast(model, args.batch, device=device, dtype=dtype, compile=args.gpt_fast_compile)
+    many.imagine(drives, 1, seed=0)
+    print(f"gpt-fast ({str(dtype).removeprefix('torch.')}, compiled {one.compile}): "
+          f"build + warm-up {time.perf_counter() - start:.1f} s (batch 1 and {args.batch})")
+    frame_one = time_gpt_fast(one, drives[:1], args.frames)
+    frame_many = time_gpt_fast(many, drives, args.frames)
+    print(f"gpt-fast     batch 1: {frame_one * 1e3:9.1f} ms/frame  {tokens / frame_one:8.1f} tokens/s")
+    print(f"gpt-fast     batch {args.batch}: {frame_many * 1e3:9.1f} ms/frame  "
+          f"{args.batch * tokens / frame_many:8.1f} tokens/s  {args.batch / frame_many:.2f} frames/s")
+    print(f"speed-up vs gpt-fast: {frame_one / engine_seconds[0]:.2f}x per frame at batch 1, "
+          f"{frame_many / engine_seconds[1]:.2f}x at batch {args.batch}")
 
 
 if __name__ == "__main__":
