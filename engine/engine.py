@@ -12,9 +12,10 @@ import torch
 from models import DEFAULT_MODEL_DIR, GPT, fingerprint, load_pretrained
 
 from .backends import BACKENDS
-from .cuda_graph import ChunkFn, CudaGraphStep
+from .cuda_graph import ChunkFn, CudaGraphFrame, CudaGraphStep
 from .errors import EngineError
 from .exact_runner import ExactRunner
+from .frame_loop import FrameLoop, Sampling
 from .imagine import imagine as _imagine
 from .kv_cache import CacheShape, PagedKVCache
 from .model_runner import ModelRunner
@@ -65,6 +66,7 @@ class Engine:
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.config = config = model.config
         self._graphs: dict[int, CudaGraphStep] = {}
+        self._frame_graphs: dict[tuple[int, Sampling], CudaGraphFrame] = {}
         self._streams: Streams | None = None
         if numerics.mode == "exact":  # integer weights and an int8 cache of its own
             self.runner = ExactRunner(self.model, max_batch=max_batch, device=device)
@@ -160,6 +162,20 @@ class Engine:
         spec = StreamSpec(self.device, config.vocab_size, config.n_positions, self.prefill_chunk, self._forward, decode)
         self._streams = Streams(spec, batch_size)
         return self._streams
+
+    def frame_loop(self, batch_size: int, sampling: Sampling) -> FrameLoop | CudaGraphFrame:
+        """The token loop of one frame for `batch_size` streams (`frame_loop.FrameLoop`): on
+        CUDA in float numerics captured once per batch size and sampling settings as a CUDA
+        graph and replayed; elsewhere it runs uncaptured (exact numerics run eagerly)."""
+        if not 1 <= batch_size <= self.max_batch:
+            raise EngineError(f"batch_size must be in 1..{self.max_batch}, got {batch_size}")
+        loop = FrameLoop(self._forward, sampling, self.config.frame_tokens)
+        if self.device.type != "cuda" or self._numerics.mode != "float":
+            return loop
+        key = (batch_size, sampling)
+        if key not in self._frame_graphs:
+            self._frame_graphs[key] = CudaGraphFrame(loop, batch_size, self.config.vocab_size, self.device)
+        return self._frame_graphs[key]
 
     def score(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
         """Teacher forcing, exact numerics only: int64 `tokens [B, L]` from position 0 ->

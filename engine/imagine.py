@@ -2,7 +2,8 @@
 
 Each new frame sees the window's last `frames_per_window - 1` frames (fewer while the
 history is shorter), each behind a BOS, then its own BOS; its tokens are sampled one at a
-time on the device (`sampling.py`), and the finished frame joins the history.
+time on the device (`frame_loop.py`: one replayed CUDA graph per frame on CUDA), and the
+finished frame joins the history.
 
 A drive's frames depend only on its own tokens and seed, never on the batch: the sampler's
 noise is per drive, and an op set that is not batch invariant (the torch backend: library
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 
 from .errors import EngineError
+from .frame_loop import Sampling
 from .inputs import normalise_tokens, restore_layout
-from .sampling import sample
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -68,20 +69,19 @@ def _imagine_batch(
     frames = torch.nn.functional.pad(frames, (0, 0, 0, 0, 0, rows - drives))  # dummy drives of token 0
     seeds = torch.nn.functional.pad(seeds, (0, rows - drives))
     streams = engine.open_streams(rows)
+    loop = engine.frame_loop(rows, Sampling(float(temperature), top_k, config.bos_token_id))
     bos = torch.full((rows, frames.shape[1], 1), config.bos_token_id, dtype=torch.int64)
     history = torch.cat([bos, frames], dim=2).to(device)  # [rows, T, tokens_per_frame]
     seeds, step = seeds.to(device), torch.zeros(1, dtype=torch.int64, device=device)
+    live = torch.ones(rows, dtype=torch.int32, device=device)  # every row's steps are real
     out = torch.empty(rows, n, config.frame_tokens, dtype=torch.int64, device=device)
     new_bos = torch.full((rows, 1), config.bos_token_id, dtype=torch.int64, device=device)
     for frame in range(n):
         context = _last_frames(history, config.frames_per_window - 1).reshape(rows, -1)
         logits = streams.prefill(torch.cat([context, new_bos], dim=1))
-        for index in range(config.frame_tokens):
-            token = sample(logits, seeds, step, temperature=temperature, top_k=top_k, banned_token=config.bos_token_id)
-            out[:, frame, index] = token
-            step += 1
-            if index + 1 < config.frame_tokens:  # the frame's last token needs no logits
-                logits = streams.step(token)
+        start, kv_lens = streams.reserve(config.frame_tokens - 1)  # the frame's last token is not fed back
+        out[:, frame] = loop(logits, seeds, step, start, live, kv_lens)
+        step += config.frame_tokens
         new_frame = torch.cat([new_bos, out[:, frame]], dim=1)[:, None]
         history = torch.cat([_last_frames(history, config.frames_per_window - 2), new_frame], dim=1)
     return out[:drives].cpu()

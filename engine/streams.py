@@ -86,6 +86,23 @@ class Streams:
         self.length += 1
         return logits
 
+    def reserve(self, steps: int) -> tuple[torch.Tensor, list[int]]:
+        """For a caller that feeds the next `steps` tokens itself, on the device, with no
+        per-step checks or host sync (imagine's frame loop, one CUDA graph on CUDA): checks
+        that they fit and advances the bookkeeping now. Returns the first one's positions
+        (int32 `[batch_size]`, a copy on the device) and each step's `kv_len` bound, as
+        `step` would pass them."""
+        self._check_open()
+        if self.length == 0:
+            raise EngineError("reserve() before prefill(): every stream needs a context first")
+        if not 0 <= steps <= self.spec.n_positions - self.length:
+            raise EngineError(f"cannot reserve {steps} steps: {self.spec.n_positions - self.length} positions are left")
+        start = self._start.clone()
+        kv_lens = [self._bucket(self.length + i + 1, self.spec.n_positions) for i in range(steps)]
+        self._start += steps
+        self.length += steps
+        return start, kv_lens
+
     # --- helpers ---------------------------------------------------------------------
     def _bucket(self, length: int, limit: int | None = None) -> int:
         """The padded length of a prefill chunk (limit: `prefill_chunk`) or of the filled
