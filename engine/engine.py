@@ -155,13 +155,23 @@ class Engine:
             self._streams.close()  # one cache: the new streams overwrite the old ones' K/V
         decode = self._forward
         if self.device.type == "cuda" and self._numerics.mode == "float":
-            if batch_size not in self._graphs:
-                self._graphs[batch_size] = CudaGraphStep(self._forward, batch_size, self.device)
-            decode = self._graphs[batch_size]
+            decode = self._graph_step(batch_size)
         config = self.config
         spec = StreamSpec(self.device, config.vocab_size, config.n_positions, self.prefill_chunk, self._forward, decode)
         self._streams = Streams(spec, batch_size)
         return self._streams
+
+    def _graph_step(self, batch_size: int) -> ChunkFn:
+        """The decode step as a CUDA graph, captured at its first use (imagine never steps,
+        so it never pays for one). Capture feeds zero query lengths: nothing real is written,
+        so capturing after a prefill is safe."""
+
+        def decode(tokens, start, query_lens, kv_len=None):
+            if batch_size not in self._graphs:
+                self._graphs[batch_size] = CudaGraphStep(self._forward, batch_size, self.device)
+            return self._graphs[batch_size](tokens, start, query_lens, kv_len)
+
+        return decode
 
     def frame_loop(self, batch_size: int, sampling: Sampling) -> FrameLoop | CudaGraphFrame:
         """The token loop of one frame for `batch_size` streams (`frame_loop.FrameLoop`): on
