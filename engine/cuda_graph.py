@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .model_runner import ChunkFn
+
 if TYPE_CHECKING:
     from .frame_loop import FrameLoop
-
-ChunkFn = Callable[..., torch.Tensor]  # ModelRunner.forward, compiled or captured
 
 
 def _capture(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

@@ -12,13 +12,13 @@ import torch
 from models import DEFAULT_MODEL_DIR, GPT, fingerprint, load_pretrained
 
 from .backends import BACKENDS
-from .cuda_graph import ChunkFn, CudaGraphFrame, CudaGraphStep
+from .cuda_graph import CudaGraphFrame, CudaGraphStep
 from .errors import EngineError
 from .exact_runner import ExactRunner
 from .frame_loop import FrameLoop, Sampling
 from .imagine import imagine as _imagine
 from .kv_cache import CacheShape, PagedKVCache
-from .model_runner import ModelRunner
+from .model_runner import ChunkFn, ModelRunner
 from .numerics import Numerics, fast_dtype, resolve_device
 from .streams import StreamSpec, Streams
 

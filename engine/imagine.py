@@ -14,17 +14,31 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .errors import EngineError
-from .frame_loop import Sampling
-from .inputs import normalise_tokens, restore_layout
+from models import GPTConfig
 
-if TYPE_CHECKING:
-    from .engine import Engine
+from .errors import EngineError
+from .frame_loop import FrameLoop, Sampling
+from .inputs import normalise_tokens, restore_layout
+from .streams import Streams
+
+
+class Engine(Protocol):
+    """What imagine needs of an `engine.Engine` (a protocol, so this module does not import
+    the engine that delegates to it)."""
+
+    config: GPTConfig
+    device: torch.device
+    max_batch: int
+    batch_invariant: bool
+
+    def open_streams(self, batch_size: int) -> Streams: ...
+
+    def frame_loop(self, batch_size: int, sampling: Sampling) -> FrameLoop: ...
 
 
 @torch.no_grad()

@@ -7,12 +7,18 @@ serves prefill chunks and decode steps, for imagine and for coding.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from models import GPT
 
 from .backends import ChunkMetadata, Ops
 from .kv_cache import PagedKVCache
+
+# `ModelRunner.forward` (or `ExactRunner.forward`), compiled or captured: tokens [B, C],
+# start [B], query_lens [B], fresh=False, kv_len=None -> float32 logits [B, vocab].
+ChunkFn = Callable[..., torch.Tensor]
 
 
 class ModelRunner:

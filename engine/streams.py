@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cuda_graph import ChunkFn
+from .model_runner import ChunkFn
 from .errors import EngineError
 
 
