@@ -1,0 +1,114 @@
+"""Exact integer numerics, the operations: integer matmuls on every path within their proven
+bounds, row quantization, LayerNorm's exact sums, and the tables against library functions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import exact_ops as ops
+from engine.errors import EngineError
+from engine.quantize import TINY, quantize_weight
+
+# --- integer matmul and its bounds ------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 2200), n=st.integers(1, 24), seed=st.integers(0, 2**31))
+def test_int_matmul_paths_agree_with_numpy(m: int, k: int, n: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    want = a.numpy().astype(np.int64) @ b.numpy().astype(np.int64).T
+    for path in ops.MATMUL_PATHS:
+        got = ops.int_matmul(a, b, path)
+        assert got.dtype == torch.int32 and np.array_equal(got.numpy(), want), path
+
+
+@settings(max_examples=20, deadline=None)
+@given(signs=st.lists(st.sampled_from([-127, 127]), min_size=1, max_size=64), k=st.sampled_from([1040, 1041, 4096]))
+def test_int_matmul_extreme_values_stay_exact(signs: list[int], k: int) -> None:
+    """All-max weights and activations reach the proven bound 127**2 * K exactly, on every path."""
+    row = torch.tensor(signs * (k // len(signs) + 1), dtype=torch.int8)[:k]
+    a = torch.stack([row, -row, torch.full_like(row, 127)])
+    want = a.numpy().astype(np.int64) @ a.numpy().astype(np.int64).T
+    assert np.abs(want).max() == 127 * 127 * k <= 2**31 - 1
+    for path in ops.MATMUL_PATHS:
+        assert np.array_equal(ops.int_matmul(a, a, path).numpy(), want), path
+
+
+def test_int_matmul_refuses_bad_input() -> None:
+    with pytest.raises(EngineError, match="int8"):
+        ops.int_matmul(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int8))
+    with pytest.raises(EngineError, match="overflow"):
+        ops.int_matmul(*(torch.zeros(1, ops.INT32_MAX_K + 1, dtype=torch.int8),) * 2)
+    with pytest.raises(EngineError, match="path"):
+        ops.int_matmul(*(torch.zeros(1, 4, dtype=torch.int8),) * 2, path="bogus")
+
+
+@pytest.mark.parametrize("n_positions", [258, 2580])
+def test_pv_bound_is_exact_at_worst_case(n_positions: int) -> None:
+    """Every key at the largest weight and every value at 127: the PV sum hits its bound and
+    the chosen dtype still holds it exactly; the attention output is then 127 * v_scale."""
+    p_max, dtype = ops.prob_max(n_positions)
+    assert p_max * 127 * n_positions < (2**24 if dtype == torch.float32 else 2**53)
+    p = torch.full((2, n_positions), float(p_max), dtype=dtype)
+    v = torch.full((n_positions, 3), 127.0, dtype=dtype)
+    assert torch.equal((p @ v).long(), torch.full((2, 3), p_max * 127 * n_positions))
+    q = torch.full((1, 2, 8), 127.0)
+    k = torch.full((1, n_positions, 8), 127.0)
+    scale = torch.full((1, 1, n_positions), 0.5)
+    out = ops.attention(q, torch.ones(1, 2, 1), k, scale * ops.key_factor(8), k.to(dtype), scale, None, n_positions,
+                        ops.exp_table(), (p_max, dtype))
+    torch.testing.assert_close(out, torch.full_like(out, 63.5), rtol=1e-6, atol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(width=st.integers(1, 300), peak=st.sampled_from([1e-30, 1e-3, 1.0, 3e4, 3e38]), seed=st.integers(0, 2**31))
+def test_quantize_rows_bound_and_error(width: int, peak: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(4, width, generator=g, dtype=torch.float64) * 2 - 1) * peak
+    x[1] = 0.0
+    x[2, 0] = peak  # a row holding the extreme value exactly
+    x = x.float()
+    q, scale = ops.quantize_rows(x)
+    assert q.dtype == torch.int8 and scale.shape == (4, 1)
+    assert q.abs().max() <= 127 and torch.all(q[1] == 0) and scale[1] == 0
+    # Half a step of error, or the row is flushed to zero explicitly (below TINY).
+    bound = torch.clamp(scale.double() * 0.5001, min=TINY)
+    assert torch.all((q.double() * scale.double() - x.double()).abs() <= bound)
+    # The float form holds the same integers; a dead row takes the given scale.
+    floats, dead = ops.quantize_rows(x, ints=False, dead_scale=torch.ones(1))
+    assert floats.dtype == torch.float32 and torch.equal(floats, q.float())
+    assert dead[1] == 1 and torch.equal(dead, torch.where(scale > 0, scale, 1.0))
+
+
+def test_quantize_weight_matches_numpy() -> None:
+    w = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    w[3] = 0.0
+    q, scale = quantize_weight(w)
+    peak = np.abs(w.numpy().astype(np.float64)).max(axis=1)
+    want_scale = np.where(peak > 0, peak / 127, 0).astype(np.float32)
+    assert np.array_equal(scale.numpy(), want_scale)
+    safe = np.where(want_scale > 0, want_scale, 1).astype(np.float64)
+    assert np.array_equal(q.numpy(), np.round(w.numpy().astype(np.float64) / safe[:, None]).astype(np.int8))
+
+
+def test_layer_norm_exact_sums_at_the_width_limit() -> None:
+    width = 2 ** (53 - 2 * ops.LN_BITS)
+    x = torch.where(torch.arange(width) % 3 == 0, 1.0, -1.0)[None].repeat(2, 1) * torch.tensor([[1e3], [1e-3]])
+    got = ops.layer_norm(x, torch.ones(width), torch.zeros(width), 1e-5)
+    want = torch.nn.functional.layer_norm(x.double(), (width,), eps=1e-5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(EngineError, match="width"):
+        ops.layer_norm(torch.ones(1, width + 1), torch.ones(width + 1), torch.zeros(width + 1), 1e-5)
+
+
+def test_tables_match_library_functions() -> None:
+    x = torch.linspace(-10, 10, 4001)
+    ref = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    assert (ops.gelu(x, ops.gelu_table()).double() - ref).abs().max() < 1e-3
+    steps_ = np.arange(ops.EXP_ONE_BITS * 2**ops.EXP_STEP_BITS + 1) / -(2.0**ops.EXP_STEP_BITS)
+    assert np.abs(ops._exp2_f64(steps_) / np.exp2(steps_) - 1).max() < 1e-14
+    table = ops.exp_table().numpy()
+    assert table[0] == 2**20 and table[-1] == 0 and np.all(np.diff(table) <= 0)
