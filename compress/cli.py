@@ -93,6 +93,9 @@ def check_options(args: argparse.Namespace) -> None:
         raise CompressError(f"--threads must be 1..{MAX_THREADS}, got {args.threads}")
     torch.set_num_threads(args.threads)
     resolve_device(args.device)  # the engine's EngineError for an unknown or unavailable device
+    if getattr(args, "numerics", None) == "exact" and (args.compile or args.backend == "triton"):
+        raise CompressError("--compile and --backend triton apply to --numerics float only: "
+                            "exact numerics run eagerly in their own integer arithmetic")
 
 
 def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:

@@ -166,6 +166,7 @@ def one_line_error(capsys, match: str) -> str:
     (["--threads", "100000"], "--threads must be 1..512"), (["--threads", "0"], "--threads must be 1..512"),
     (["--batch", "65"], "--batch must be 1..64"), (["--batch", "0"], "--batch must be 1..64"),
     (["--device", "tpu"], "not a torch device: 'tpu'"), (["--device", "meta"], "not supported"),
+    (["--compile"], "apply to --numerics float only"),
 ])
 def test_bad_options_are_refused_before_the_model_loads(npy, engine_args, no_model, capsys, option, match):
     assert main(["encode", str(npy), str(npy.parent / "o.cvq"), *engine_args, *option]) == 1
