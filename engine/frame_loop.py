@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .model_runner import ChunkFn
 from .errors import EngineError
+from .model_runner import ChunkFn
 from .sampling import sample
 
 
