@@ -31,17 +31,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_engine(engine: Engine, drives: np.ndarray, frames: int) -> float:
-    """Seconds per imagined frame (per call of `frames` frames, averaged over frames)."""
-    synchronize(engine.device)
-    start = time.perf_counter()
-    engine.imagine(drives, frames, seed=0)
-    synchronize(engine.device)
-    return (time.perf_counter() - start) / frames
-
-
-def time_gpt_fast(generator: GptFast, drives: np.ndarray, frames: int) -> float:
-    """Seconds per imagined frame of the gpt-fast-style baseline, timed as `time_engine`."""
+def time_imagine(generator: Engine | GptFast, drives: np.ndarray, frames: int) -> float:
+    """Seconds per imagined frame (one call of `frames` frames, averaged over frames), for the
+    engine or the gpt-fast-style baseline: both have `device` and `imagine(drives, n, seed=)`."""
     synchronize(generator.device)
     start = time.perf_counter()
     generator.imagine(drives, frames, seed=0)
@@ -128,8 +120,8 @@ def main() -> None:
     print(f"engine: backend {engine.backend}, compiled {engine.compile}; "
           f"build + warm-up {warm_one:.1f} s (batch 1), {warm_batch:.1f} s (batch {args.batch})")
 
-    per_frame = time_engine(engine, drives[:1], args.frames)
-    per_frame_batch = time_engine(engine_batch, drives, args.frames)
+    per_frame = time_imagine(engine, drives[:1], args.frames)
+    per_frame_batch = time_imagine(engine_batch, drives, args.frames)
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     kv_bytes = 2 * config.n_layer * config.n_positions * config.n_embd * engine.cache.keys[0].element_size()
     gigabytes = config.frame_tokens * (weight_bytes + kv_bytes) / 1e9  # upper bound of bytes read per frame
@@ -141,8 +133,8 @@ def main() -> None:
     if args.exact:
         exact = Engine(model, device=device, max_batch=args.batch, numerics="exact")
         exact.imagine(drives[:1], 1, seed=0)  # warm-up
-        exact_frame = time_engine(exact, drives[:1], args.frames)
-        exact_batch = time_engine(exact, drives, args.frames)
+        exact_frame = time_imagine(exact, drives[:1], args.frames)
+        exact_batch = time_imagine(exact, drives, args.frames)
         print(f"engine exact batch 1: {exact_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / exact_frame:8.1f} "
               f"tokens/s ({per_frame / exact_frame:.2f}x float)")
         print(f"engine exact batch {args.batch}: {args.batch / exact_batch:9.2f} frames/s "
@@ -174,8 +166,8 @@ def time_gpt_fast_side_by_side(model: models.GPT, drives: np.ndarray, args: argp
     many.imagine(drives, 1, seed=0)
     print(f"gpt-fast ({str(dtype).removeprefix('torch.')}, compiled {one.compile}): "
           f"build + warm-up {time.perf_counter() - start:.1f} s (batch 1 and {args.batch})")
-    frame_one = time_gpt_fast(one, drives[:1], args.frames)
-    frame_many = time_gpt_fast(many, drives, args.frames)
+    frame_one = time_imagine(one, drives[:1], args.frames)
+    frame_many = time_imagine(many, drives, args.frames)
     print(f"gpt-fast     batch 1: {frame_one * 1e3:9.1f} ms/frame  {tokens / frame_one:8.1f} tokens/s")
     print(f"gpt-fast     batch {args.batch}: {frame_many * 1e3:9.1f} ms/frame  "
           f"{args.batch * tokens / frame_many:8.1f} tokens/s  {args.batch / frame_many:.2f} frames/s")

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from engine import Engine, EngineError, Numerics, resolve_device
-from models import CheckpointError
+from models import CheckpointError, load_pretrained
 from models.tokens import FRAME_TOKENS, TOKEN_VALUES, frame_tokens
 
 from .coder import PRECISION, TokenDecoder
 from .errors import CompressError, CorruptFileError, ModelMismatchError, TokenChecksumError, UnsupportedFormatError
-from .format import CODED, MAX_BATCH, MAX_LANES, RAW, TABLES, Header, lane_bounds, pack, pack_raw, raw_length, unpack, unpack_raw
+from .format import CODED, MAX_BATCH, RAW, TABLES, Header, lane_bounds, pack, pack_raw, raw_length, unpack, unpack_raw
 from .frequencies import TABLES_VERSION, TOTAL
 from .lanes import DEFAULT_LANES, CodecParams, Progress, Segment, check_params, encode_teacher_forced, run_lockstep
 from .mixing import MixerConfig
@@ -75,14 +75,14 @@ def engine_for(header: Header, model: str | os.PathLike | None = None, max_batch
 @lru_cache(maxsize=2)
 def _cached_engine(model: str | None, max_batch: int | None, numerics: Numerics) -> Engine:
     """Engines are loaded once per process (and numerics)."""
+    gpt = load_pretrained(model, dtype=numerics.torch_dtype)  # once: its config sizes the batch
     if max_batch is None:
         max_batch = DEFAULT_MAX_BATCH
         if numerics.mode == "exact":  # rows cost little there: as many as the cache allows
-            engine = Engine.from_numerics(numerics, model, 1)
-            config = engine.config
+            config = gpt.config
             per_stream = 2 * config.n_layer * config.n_positions * config.n_embd
             max_batch = max(DEFAULT_MAX_BATCH, min(MAX_BATCH, EXACT_CACHE_BYTES // per_stream))
-    return Engine.from_numerics(numerics, model, max_batch)
+    return Engine.from_numerics(numerics, gpt, max_batch)
 
 
 def fitted_batch(engine: Engine, segments: list[np.ndarray], lanes: int) -> int:
@@ -124,10 +124,6 @@ def encode_many(arrays: list[np.ndarray], engine: Engine, params: CodecParams,
     """Encode several segments: teacher-forced in exact numerics, else lanes in lockstep."""
     check_params(params, engine)
     _check_model(engine)
-    if params.lanes > MAX_LANES:
-        raise CompressError(f"lanes must be 1..{MAX_LANES}, got {params.lanes}")
-    if not _exact(engine) and params.batch > MAX_BATCH:
-        raise CompressError(f"batch must be 1..{MAX_BATCH}, got {params.batch}")
     segments = [Segment(_tokens(array), params) for array in arrays]
     if _exact(engine):
         for segment in segments:

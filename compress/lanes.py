@@ -27,7 +27,7 @@ from models.tokens import FRAME_TOKENS
 
 from .coder import TokenDecoder, TokenEncoder, code_length
 from .errors import CompressError
-from .format import lane_bounds
+from .format import MAX_BATCH, MAX_LANES, lane_bounds
 from .frequencies import SYMBOLS, frequency_tables
 from .mixing import ContextMixer, MixerConfig
 
@@ -86,10 +86,12 @@ def check_params(params: CodecParams, engine) -> None:
     # stride == window > 1 would code a frame of every window with no context at all.
     if not 1 <= params.stride <= max(1, params.window - 1):
         raise CompressError(f"stride must be 1..window-1 ({max(1, params.window - 1)}), got {params.stride}")
-    if not 1 <= params.lanes <= 0xFFFF:
-        raise CompressError(f"lanes must be 1..65535, got {params.lanes}")
-    if not 1 <= params.batch <= engine.max_batch:
-        raise CompressError(f"batch must be 1..{engine.max_batch} (the engine's max_batch), got {params.batch}")
+    if not 1 <= params.lanes <= MAX_LANES:
+        raise CompressError(f"lanes must be 1..{MAX_LANES}, got {params.lanes}")
+    batch_limit = min(engine.max_batch, MAX_BATCH)  # what a file may record, and this engine run
+    if not 1 <= params.batch <= batch_limit:
+        raise CompressError(f"batch must be 1..{batch_limit} (the engine's max_batch, at most {MAX_BATCH}), "
+                            f"got {params.batch}")
 
 
 # --- encoding, teacher-forced (exact numerics) ------------------------------------------

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from functools import cached_property
-from pathlib import Path
 
 import torch
 
-from models import DEFAULT_MODEL_DIR, GPT, fingerprint, load_pretrained
+from models import GPT, fingerprint, load_pretrained
 
 from .backends import BACKENDS
 from .cuda_graph import CudaGraphFrame, CudaGraphStep
@@ -96,12 +95,10 @@ class Engine:
         machine's, so comparing them with `numerics` tells whether the logits can match."""
         device = resolve_device(numerics.device)
         numerics.set_threads()
-        if numerics.mode == "exact":
-            if not isinstance(model, GPT):
-                model = load_pretrained(Path(model) if model is not None else DEFAULT_MODEL_DIR, dtype=torch.float32)
-            return cls(model, device=device, max_batch=max_batch, numerics="exact")
         if not isinstance(model, GPT):
-            model = load_pretrained(Path(model) if model is not None else DEFAULT_MODEL_DIR, dtype=numerics.torch_dtype)
+            model = load_pretrained(model, dtype=numerics.torch_dtype)  # exact numerics: float32
+        if numerics.mode == "exact":
+            return cls(model, device=device, max_batch=max_batch, numerics="exact")
         here = Numerics.for_engine_options(
             device, dtype=numerics.torch_dtype, backend=numerics.backend, compile=numerics.compiled,
             prefill_chunk=numerics.prefill_chunk, mode=numerics.mode,
@@ -127,7 +124,7 @@ class Engine:
         if options.get("numerics") == "exact":
             dtype = dtype or torch.float32
         dtype = dtype or fast_dtype(device, backend)
-        model = load_pretrained(Path(path) if path is not None else DEFAULT_MODEL_DIR, dtype=dtype)
+        model = load_pretrained(path, dtype=dtype)
         return cls(model, device=device, dtype=dtype, backend=backend, max_batch=max_batch, **options)
 
     @cached_property

@@ -95,14 +95,15 @@ def _to_our_layout(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def load_pretrained(
-    path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+    path: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None
 ) -> GPT:
-    """Build a `GPT` from a local Hugging Face GPT-2 checkpoint directory.
+    """Build a `GPT` from a local Hugging Face GPT-2 checkpoint directory (None: the small
+    model shipped in the package, `DEFAULT_MODEL_DIR`).
 
     `dtype` defaults to float32 and `device` to the CPU. Raises `CheckpointError` naming the
     file or key at fault.
     """
-    directory = Path(path)
+    directory = Path(path) if path is not None else DEFAULT_MODEL_DIR
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     config = _read_config(directory)
