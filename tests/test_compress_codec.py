@@ -263,3 +263,21 @@ def test_a_checksummed_header_claiming_huge_arrays_fails_fast(engine, sample):
     header, payload = unpack(sample[1])
     forged = dataclasses.replace(header, shape=(2**32 - 1, 8, 16), lanes=1)
     assert_fails_fast(pack(forged, bytes(payload)), engine, CompressError)
+
+
+def test_gpt2m_sized_windows_teacher_forced_equal_stepped(tmp_path):
+    """gpt2m's 20-frame window (2580 positions: attention sums in float64), every context
+    length 0..19 as the window fills, then sliding: the one-pass tables are the stepped ones."""
+    torch.manual_seed(2)
+    save_pretrained(GPT(GPTConfig(n_positions=20 * 129, n_layer=1, n_head=2, n_embd=16, n_inner=32)), tmp_path)
+    engine = Engine.from_pretrained(tmp_path, max_batch=2, numerics="exact")
+    tokens = np.random.default_rng(7).integers(0, 1024, size=(22, 128))
+    tokens[1::3] = tokens[0]
+    params = CodecParams(20, 1, 1, 1, True)
+    forced = Segment(tokens, params, encoder=RecordingEncoder())
+    encode_teacher_forced(engine, forced)
+    stepped = Segment(tokens, params, encoder=RecordingEncoder())
+    run_lockstep(engine, [stepped], 1)
+    assert np.array_equal(np.concatenate(forced.encoder.tables), np.concatenate(stepped.encoder.tables))
+    data = compress.encode(tokens, engine=engine, lanes=1)
+    assert compress.decode(data, engine=engine).tobytes() == tokens.tobytes()

@@ -41,3 +41,16 @@ def test_decode_without_an_engine_rebuilds_the_files_numerics(engine):
     rebuilt = compress.engine_for(compress.read_header(data))
     assert rebuilt is not engine and rebuilt.numerics == engine.numerics
     assert compress.decode(data).tobytes() == tokens.tobytes()
+
+
+@pytest.mark.parametrize("name", ["train/3b41c0fa8959aea6c118e5714f412a2e_13.npy",
+                                  "train/00148e277029edef492f36a536304d7f_15_first8frames.npy",
+                                  "holdout/tacobell_example.npy"])
+def test_real_segments_round_trip_at_the_shipped_defaults(name):
+    """`compress.encode(tokens)` as users call it: exact numerics, mixing, one lane."""
+    tokens = np.load(DATA / name)[:8]
+    data = compress.encode(tokens)
+    header = compress.read_header(data)
+    assert header.numerics == {"mode": "exact", "version": 1} and header.mixer and header.storage == 0
+    assert compress.decode(data).tobytes() == tokens.tobytes()
+    assert 8 * header.payload_length / tokens.size < 7.5  # real driving compresses well below 10 bits
