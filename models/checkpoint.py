@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
@@ -113,7 +116,7 @@ def load_pretrained(
         if head is not None and not torch.equal(head, state.get("transformer.wte.weight", head)):
             raise CheckpointError("config ties lm_head.weight to transformer.wte.weight but they differ")
 
-    with torch.device("meta"):
+    with _no_weight_init(), torch.device("meta"):
         model = GPT(config)
     expected = {name: p for name, p in model.named_parameters()}  # tied head appears once
     missing = sorted(set(expected) - set(state))
@@ -138,6 +141,22 @@ def load_pretrained(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.transformer.wte.weight
     return model.to(device or "cpu").eval()
+
+
+@contextmanager
+def _no_weight_init() -> Iterator[None]:
+    """Build modules without drawing initial weights (as transformers' `no_init_weights`):
+    the checkpoint replaces them, and a random init on the meta device imports
+    torch._dynamo, about 1 s of every CLI start."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 def _more(keys: list[str]) -> str:
