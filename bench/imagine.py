@@ -100,7 +100,9 @@ def main() -> None:
 
     hf = None
     if not args.skip_transformers:
-        import transformers
+        from bench.hf import import_transformers
+
+        transformers = import_transformers()
 
         with tempfile.TemporaryDirectory() as directory:
             models.save_pretrained(model, directory)

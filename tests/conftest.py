@@ -13,3 +13,25 @@ if not torch.cuda.is_available():
 
 # Tiny test models run fastest on one thread, and a fixed count keeps CPU logits reproducible.
 torch.set_num_threads(1)
+
+
+def interpreter_dot_depends_on_row_position() -> bool:
+    """Whether Triton's interpreter can show batch invariance here. It runs `tl.dot` as
+    numpy's float32 matmul, and some BLAS kernels (OpenBLAS 0.3.31's Haswell and Zen sgemm)
+    round a row differently at different row indices of the same tile: a row alone (index
+    0) and in a batch (index i) then differ in the last bit, which says nothing about the
+    kernel (on a GPU each row's arithmetic is the same; the `cuda` tests check it there)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 16)).astype(np.float32)
+    together = a @ b
+    for row in range(len(a)):
+        alone = np.zeros_like(a)
+        alone[0] = a[row]
+        if not np.array_equal((alone @ b)[0], together[row]):
+            return True
+    return False

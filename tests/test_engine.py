@@ -8,6 +8,7 @@ import torch
 import models
 from engine import Engine, EngineError
 from models import GPTConfig
+from conftest import interpreter_dot_depends_on_row_position
 
 # 8-token frames keep token-by-token loops short; 3-frame windows make sliding happen early.
 TINY = GPTConfig(vocab_size=1025, frame_tokens=8, n_positions=27, n_layer=2, n_head=2, n_embd=32, n_inner=64)
@@ -186,6 +187,8 @@ def test_triton_backend_matches_torch_backend(model: models.GPT) -> None:
     assert np.array_equal(triton_engine.imagine(drive, 1, temperature=0), torch_engine.imagine(drive, 1, temperature=0))
 
 
+@pytest.mark.skipif(interpreter_dot_depends_on_row_position(),
+                    reason="numpy's BLAS rounds a row by its index in the tile: the interpreter cannot show batch invariance")
 def test_triton_backend_is_batch_invariant(model: models.GPT) -> None:
     engine = Engine(model, backend="triton", compile=False, max_batch=3, prefill_chunk=16)
     tokens = torch.randint(0, 1025, (3, 12))

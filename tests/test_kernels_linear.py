@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from kernels import KernelError, fused_linear, fused_linear_reference
 from kernels.linear import MIN_PROGRAMS, gelu_tanh_reference, plan_fused_linear
+from conftest import interpreter_dot_depends_on_row_position
 
 
 def make_inputs(
@@ -51,6 +52,8 @@ def test_gelu_reference_is_torch_tanh_gelu() -> None:
     torch.testing.assert_close(gelu_tanh_reference(points), expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.skipif(interpreter_dot_depends_on_row_position(),
+                    reason="numpy's BLAS rounds a row by its index in the tile: the interpreter cannot show batch invariance")
 @settings(max_examples=8, deadline=None)
 @given(
     batch_rows=st.integers(2, 150),

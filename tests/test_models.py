@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
+from bench.hf import import_transformers
 
 import models
 from models import CheckpointError, GPTConfig
+
+transformers = import_transformers()
 
 CONFIGS = {
     "tiny-untied": GPTConfig(vocab_size=37, frame_tokens=8, n_positions=27, n_layer=2, n_head=2, n_embd=16, n_inner=40),
