@@ -5,25 +5,25 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from engine import Engine, EngineError, resolve_device
 from models import CheckpointError
 
-from .api import DEFAULT_MAX_BATCH, decode_many, default_engine, encode_many, engine_for, fitted_batch, read_header
+from .api import DEFAULT_MAX_BATCH, default_engine, encode_many, fitted_batch, read_header
 from .lanes import DEFAULT_LANES, CodecParams
 from .errors import CompressError
 from .files import STDIO, Job, Writer, into_directory, load_npy, npy_bytes, plan, read_bytes
-from .format import MAX_BATCH, MAX_LANES, PREFIX, RAW, Header, repack
+from .format import MAX_BATCH, MAX_LANES, PREFIX, RAW, repack
+from .parallel import MAX_DEFAULT_JOBS, decode_in_processes, default_jobs
 
 PROG = "python -m compress"
 # torch crashes on absurd thread counts (100000 segfaults); no CPU coder gains from more.
 # engine.Numerics accepts the same range when it rebuilds a file's engine.
 MAX_THREADS = 512
+MAX_JOBS = 64  # worker processes (each loads torch and the model)
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,6 +56,11 @@ def build_parser() -> Parser:
                             "(x.npy -> x.npy.cvq -> x.npy)")
     files.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
 
+    jobs = Parser(add_help=False)
+    jobs.add_argument("--jobs", type=int, default=default_jobs(),
+                      help=f"worker processes decoding several files at once, 1..{MAX_JOBS}, each with its own "
+                           "copy of torch and the model (default: the usable CPUs, at most "
+                           f"{MAX_DEFAULT_JOBS}: %(default)s)")
     parser = Parser(prog=PROG, description="Lossless compression of commaVQ token segments with the world model.")
     commands = parser.add_subparsers(dest="command", required=True)
     encode = commands.add_parser("encode", parents=[files, common, numerics], help="compress .npy token arrays")
@@ -73,10 +78,10 @@ def build_parser() -> Parser:
     encode.add_argument("--batch", type=int, default=DEFAULT_MAX_BATCH,
                         help=f"float numerics: streams per engine call, 1..{MAX_BATCH}, fewer if there are "
                              "fewer lanes (default: %(default)s)")
-    decode = commands.add_parser("decode", parents=[files, common], help="restore the exact .npy files")
+    decode = commands.add_parser("decode", parents=[files, common, jobs], help="restore the exact .npy files")
     decode.add_argument("--batch", type=int, help=f"engine max_batch, 1..{MAX_BATCH} (default: what the files need)")
     commands.add_parser("info", help="print the header").add_argument("files", nargs="+", metavar="FILE")
-    test = commands.add_parser("test", parents=[common], help="decode and verify without writing")
+    test = commands.add_parser("test", parents=[common, jobs], help="decode and verify without writing")
     test.add_argument("files", nargs="+", metavar="FILE")
     return parser
 
@@ -87,8 +92,10 @@ def in_and_out(paths: list[str]) -> tuple[list[str], str | None]:
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse bad numbers and devices before reading inputs or loading anything."""
-    if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
+    if getattr(args, "batch", None) is not None and not 1 <= args.batch <= MAX_BATCH:
         raise CompressError(f"--batch must be 1..{MAX_BATCH}, got {args.batch}")
+    if not 1 <= getattr(args, "jobs", 1) <= MAX_JOBS:
+        raise CompressError(f"--jobs must be 1..{MAX_JOBS}, got {args.jobs}")
     if not 1 <= args.threads <= MAX_THREADS:
         raise CompressError(f"--threads must be 1..{MAX_THREADS}, got {args.threads}")
     torch.set_num_threads(args.threads)
@@ -109,21 +116,6 @@ def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:
                                       compile=cuda if args.compile is None else args.compile)
     except RuntimeError as exc:  # torch's error for a device that fails to start
         raise CompressError(f"cannot load the model: {exc}") from exc
-
-
-def decode_all(files: list[bytes], headers: list[Header], model: str | None, batch: int | None,
-               device: str | None, progress) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, array) of every file, decoded with an engine rebuilt from its header: files
-    whose headers need the same engine settings are decoded together, a batch at a time."""
-    groups: dict[tuple, list[int]] = {}
-    for index, header in enumerate(headers):
-        groups.setdefault(tuple(sorted(header.numerics.items())), []).append(index)
-    for indices in groups.values():
-        needed = max(headers[i].batch for i in indices)
-        engine = engine_for(headers[indices[0]], model, max(batch, needed) if batch else None, device)
-        for start in range(0, len(indices), MAX_BATCH):  # segments side by side, memory bounded
-            chunk = indices[start : start + MAX_BATCH]
-            yield from zip(chunk, decode_many([files[i] for i in chunk], engine, progress))
 
 
 def progress_bar(total: int, quiet: bool) -> tqdm:
@@ -183,7 +175,8 @@ def run_decode(args: argparse.Namespace, writer: Writer) -> None:
     files = [read_bytes(job.source) for job in work.jobs]
     headers = [read_header(data) for data in files]
     with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
-        for index, array in decode_all(files, headers, args.model, args.batch, args.device, bar.update):
+        for index, array in decode_in_processes(files, headers, args.model, args.batch, args.device, args.jobs,
+                                                bar.update):
             writer.write(work.jobs[index].target, npy_bytes(array, headers[index].npy_version))
 
 
@@ -210,10 +203,11 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def run_test(args: argparse.Namespace) -> None:
+    check_options(args)
     files = [read_bytes(name) for name in args.files]
     headers = [read_header(data) for data in files]
     with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
-        for index, _ in decode_all(files, headers, args.model, None, args.device, bar.update):
+        for index, _ in decode_in_processes(files, headers, args.model, None, args.device, args.jobs, bar.update):
             if not args.quiet:
                 bar.write(f"{args.files[index]}: OK", file=sys.stdout)
 

@@ -12,10 +12,10 @@ logits, v_0 = 0 for the model and v_k[set] for context k, the set chosen by how 
 context was seen (log2 buckets of n_k); a context never seen gets no weight. The logits
 learn online by gradient ascent on log P.
 
-Exactness: the table is built in int64 from per-position integer coefficients, and all
-learning runs in fixed point with integer sums. The few float64 values are elementwise
-IEEE basic operations (+ - * /) in a fixed order, so every machine gets the same bits;
-exp comes from a table built by repeated multiplication, never from libm.
+Exactness: the table is built from per-position integer coefficients by exact arithmetic
+(`mixing_table.py`), and all learning runs in fixed point with integer sums. The few
+float64 values are elementwise IEEE basic operations (+ - * /) in a fixed order, so every
+machine gets the same bits; exp comes from a table built by repeated multiplication, never libm.
 
 Counts and weights are updated once per frame step, so the encoder mixes a whole frame at
 once (`predict_frame`) and the decoder token by token (`predict` + `observe`) with
@@ -38,10 +38,9 @@ from models.tokens import FRAME_TOKENS as FRAME
 
 from .errors import CompressError
 from .frequencies import SYMBOLS, TOTAL  # the coder's contract: tables sum to TOTAL, every symbol >= 1
+from .mixing_table import TableMixer
 
 WIDTH = FRAME_SHAPE[1]  # cells per row of the 8x16 grid
-UNIT = TOTAL - SYMBOLS  # mass left once every symbol has its 1
-SHIFT = 20  # fixed-point bits of the mixing coefficients; keeps every sum < 2**46
 V_BITS = 16  # fixed-point bits of the learned logits v
 V_LIMIT = 12 << V_BITS  # |v| <= 12
 TABLE_STEP = 8  # the exp table has one entry per 2**-8 of v
@@ -103,10 +102,10 @@ class ContextMixer:
         self.lanes, self.config = lanes, config
         self.version = config.version
         k = len(config.contexts)
-        # All contexts' counts in one table, context k's rows from _offset[k] on: one gather
-        # serves them all.
-        sizes = [FRAME if c == "cell" else SYMBOLS for c in config.contexts]
-        self._offset = np.cumsum([0] + sizes[:-1])
+        # All contexts' counts in one table, one gather for them all: context k's symbol x at
+        # row _offset[k] + x, and its row _offset[k] - 1 for "none" (x = -1), never counted.
+        sizes = [1 + (FRAME if c == "cell" else SYMBOLS) for c in config.contexts]
+        self._offset = np.cumsum([1] + sizes[:-1])
         self._counts = np.zeros((count, sum(sizes), SYMBOLS), dtype=np.int32)
         self._counts.fill(0)  # touch every page now: faulting them in one by one while coding is slower
         self._seen = np.zeros((count, sum(sizes)), dtype=np.int64)  # n per group and context row
@@ -118,9 +117,8 @@ class ContextMixer:
         self._set = np.zeros((lanes, FRAME, k), dtype=np.int64)
         self._terms = np.zeros((lanes, FRAME, 1 + 2 * k), dtype=np.float64)
         self._last: tuple | None = None  # the last predict's rows, position and parts
-        self._all = np.arange(lanes)
-        self._work: tuple[np.ndarray, np.ndarray] | None = None  # see _scratch
-        self._which = np.arange(k)
+        self._all, self._which = np.arange(lanes), np.arange(k)
+        self._table = TableMixer(self._counts.reshape(-1, SYMBOLS), k)
 
     def _rows(self, rows: np.ndarray | None, batch: int) -> np.ndarray:
         if rows is None and batch == self.lanes:
@@ -131,14 +129,6 @@ class ContextMixer:
         if rows.size and not (0 <= rows.min() and rows.max() < self.lanes):
             raise CompressError(f"rows must be lanes 0..{self.lanes - 1}, got {rows.tolist()}")
         return rows
-
-    def _scratch(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Work arrays for `rows` tables, kept between calls: allocating megabytes afresh
-        every frame made the allocator fault pages in again and again."""
-        if self._work is None or len(self._work[1]) != rows:
-            self._work = (np.empty((rows, len(self.config.contexts), SYMBOLS), dtype=np.int32),
-                          np.empty((rows, SYMBOLS), dtype=np.int64))
-        return self._work
 
     def _contexts(self, rows: np.ndarray, current: np.ndarray) -> np.ndarray:
         """The contexts' symbols [B, K, 128] (-1: none) for lanes `rows`, given the current
@@ -160,40 +150,27 @@ class ContextMixer:
         """Mixed tables [N, 1024] for N (lane, context symbols [K]) with model tables [N, 1024]."""
         if model.shape[-1] != SYMBOLS or model.dtype.kind not in "iu":
             raise CompressError(f"model tables must be integer [..., {SYMBOLS}], got {model.dtype} {model.shape}")
-        # Tables from `frequencies.frequency_tables` are valid by construction (every entry
-        # >= 1, rows summing to TOTAL); checking each row again would cost two of the dozen
-        # passes over [N, 1024] that are this stage's time.
-        model = model.astype(np.int64, copy=False)
-        prior, group = self.config.prior, self._group[rows][:, None]
-        index = np.where(context >= 0, context + self._offset, 0)
-        n = np.where(context >= 0, self._seen[group, index], 0)
-        sets = np.where(n > 0, np.minimum(np.frexp(n + 1.0)[1] - 1, self.config.buckets - 1), -1)
+        # Tables from `frequencies.frequency_tables` are valid by construction, as `TableMixer`
+        # requires; checking each row again would cost passes over [N, 1024], this stage's time.
+        group = self._group[rows][:, None]
+        flat = group * self._counts.shape[1] + context + self._offset  # rows of the flat count table
+        n = self._seen.reshape(-1)[flat]
+        seen = n > 0  # a context never seen, or none, gets no weight
+        sets = np.where(seen, np.minimum(np.frexp(n + 1.0)[1] - 1, self.config.buckets - 1), -1)
         logit = self._v[group, self._which, np.maximum(sets, 0)]
-        e = np.where(n > 0, EXP[(logit >> (V_BITS - TABLE_STEP)) + (V_LIMIT >> TABLE_STEP)], 0.0)
+        e = np.where(seen, EXP[(logit >> (V_BITS - TABLE_STEP)) + (V_LIMIT >> TABLE_STEP)], 0.0)
         denominator = np.ones(len(rows))
         for k in range(e.shape[1]):  # float additions in a fixed order
             denominator = denominator + e[:, k]
         w = e / denominator[:, None]
-        # P(s) = 1 + floor((a (M(s) - 1) + sum_k b_k c_k(s)) / 2**SHIFT): b_k carries w_k's counts,
-        # a the rest; a is rounded down so that the floors leave a remainder >= 0 for argmax.
-        b = np.floor(w * UNIT / (n + prior) * (1 << SHIFT)).astype(np.int64)
-        a = ((UNIT << SHIFT) - (b * n).sum(axis=1)) // UNIT
-        counts, product = self._scratch(len(rows))
-        np.take(self._counts.reshape(-1, SYMBOLS), group * self._counts.shape[1] + index, axis=0, out=counts)
-        freq = model - 1  # in place from here on: these passes over [N, 1024] are the cost
-        freq *= a[:, None]
-        for k in range(counts.shape[1]):
-            freq += np.multiply(b[:, k, None], counts[:, k], out=product)
-        freq >>= SHIFT
-        freq += 1
-        freq[np.arange(len(rows)), freq.argmax(axis=1)] += TOTAL - freq.sum(axis=1)
+        freq, counts = self._table(model, flat, w, n, self.config.prior)
         return freq, model, counts, n, sets, w
 
     def _record(self, rows, cells, tokens, freq, model, counts, n, sets, w) -> None:
         pick = np.arange(len(rows))
         m = model[pick, tokens] / TOTAL
         prior = self.config.prior
-        q = (counts[pick[:, None], self._which, tokens[:, None]] + prior * m[:, None]) / (n + prior)
+        q = (counts[:, pick, tokens].T + prior * m[:, None]) / (n + prior)
         self._token[rows, cells] = tokens
         self._set[rows, cells] = sets
         self._terms[rows, cells] = np.concatenate([(freq[pick, tokens] / TOTAL)[:, None], w, q], axis=1)
@@ -218,7 +195,7 @@ class ContextMixer:
         if self._last is None or self._last[1] != position:
             raise CompressError(f"observe({position}) must follow predict({position})")
         rows, _, parts = self._last
-        self._record(rows, np.full(len(rows), position), _tokens(tokens, (len(rows),)), *parts)
+        self._record(rows, position, _tokens(tokens, (len(rows),)), *parts)
         self._last = None
 
     def predict_frame(self, model_freq: np.ndarray, frames: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:

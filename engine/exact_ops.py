@@ -89,16 +89,19 @@ def _c(value: float, like: Tensor) -> Tensor:
     return const(value, like.dtype, like.device)
 
 
-def quantize_rows(x: Tensor, ints: bool = True, dead_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def quantize_rows(
+    x: Tensor, ints: bool = True, dead_scale: Tensor | None = None, out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """float32 [..., K] -> (q [..., K], scale [..., 1]): per row, scale = max|x| / 127,
     q = round-half-even(x * (127 / max|x|)), so |q| <= 127; int8, or (`ints=False`) float32
-    holding the same integers. Rows below TINY become zero, with scale 0 or `dead_scale`."""
+    holding the same integers, into `out` if given (any strides). Rows below TINY become
+    zero, with scale 0 or `dead_scale`."""
     peak = x.abs().amax(dim=-1, keepdim=True)
     live = peak >= _c(TINY, peak)
     zero = _c(0.0, peak)
     # A dead row multiplies by 0, so its integers are 0 (x is finite). No clamp is needed:
     # |x| <= peak, so |x * fl(127 / peak)| <= 127 (1 + 2**-24)**2 < 127.5 rounds to <= 127.
-    q = (x * torch.where(live, _c(QMAX, peak) / peak, zero)).round_()
+    q = torch.mul(x, torch.where(live, _c(QMAX, peak) / peak, zero), out=out).round_()
     scale = torch.where(live, peak / _c(QMAX, peak), zero if dead_scale is None else dead_scale)
     return (q.to(torch.int8) if ints else q), scale
 
@@ -164,10 +167,13 @@ def gelu(x: Tensor, table: Tensor) -> Tensor:
     """Tanh-GELU by lookup at the nearest grid point; x > 8 passes through (gelu(8) = 8 to
     1e-6 relative); x < -8 gives gelu(-8), about -1e-14."""
     limit = GELU_RANGE * 2**GELU_STEP_BITS
-    # x * 2**10 + limit + 0.5 truncated is round-half-up to the grid, offset to index >= 0.
-    idx = (x * _c(2.0**GELU_STEP_BITS, x)).add_(_c(limit + 0.5, x)).clamp_(0, 2 * limit).int()
-    out = lookup(table, idx)
-    return torch.where(x > _c(GELU_RANGE, x), x, out, out=out)
+    # x * 2**10 + limit + 0.5 truncated is round-half-up to the grid, offset to index >= 0
+    # (x * 2**10 is exact: the sum rounds once, fused or not).
+    idx = torch.add(_c(limit + 0.5, x), x, alpha=2**GELU_STEP_BITS).clamp_(0, 2 * limit).int()
+    # Pass-through as a lerp weight of exactly 1 (x > 8) or 0, which returns x or the table
+    # value exactly (no entry is -0): float ops beat a bool compare and where 4x.
+    through = torch.sub(x, _c(GELU_RANGE, x)).clamp_(min=0).sign_()
+    return lookup(table, idx).lerp_(x, through)
 
 
 def exp_table() -> torch.Tensor:
@@ -194,30 +200,54 @@ def key_factor(head_dim: int) -> float:
 
 def attention(
     q: Tensor, q_scale: Tensor, k: Tensor, k_mult: Tensor, v: Tensor, v_scale: Tensor,
-    masked: Tensor | None, last_key: int, table: Tensor, pv_max: tuple[int, torch.dtype],
+    mask: Tensor | None, last_key: int, table: Tensor, pv_max: tuple[int, torch.dtype], out: Tensor | None = None,
+    scores: Tensor | None = None,
 ) -> Tensor:
     """q float32 integers [..., Tq, d] with scales [..., Tq, 1] (1 where q is all zero);
     k float32 integers [..., Tk, d] with k_mult = k_scale * key_factor(d) [..., 1, Tk];
-    v integers in pv_max's dtype with v_scale [..., 1, Tk]; masked bool [..., Tq, Tk] (None: no key masked)
-    marks keys a query must not see; query row i sees no key beyond last_key + i, and key 0
-    always -> float32 [..., Tq, d]. Queries go in blocks, each reading keys only up to the
-    last one it may see: the rest would get weight exactly 0."""
-    out, block, tk = [], ATTENTION_BLOCK, k.shape[-2]
+    v integers in pv_max's dtype with v_scale [..., 1, Tk]; mask (`causal_mask`; None: no key
+    masked) +inf on keys a query must not see; query row i sees no key beyond last_key + i,
+    and key 0 always; `scores`: QK^T if computed already -> float32 [..., Tq, d] (into `out`,
+    any strides). Queries go in blocks, each reading keys only up to the last one it may
+    see: the rest would get weight exactly 0."""
+    block, tk = ATTENTION_BLOCK, k.shape[-2]
     if q.shape[-2] <= block:  # one block (a decode step): no slicing, every key is read
-        return _attention(q, q_scale, k, k_mult, v, v_scale, masked, table, *pv_max)
+        wide = _attention(q, q_scale, k, k_mult, v, v_scale, mask, table, *pv_max, scores)
+        return wide.float() if out is None else out.copy_(wide)
+    out = torch.empty(q.shape, device=q.device) if out is None else out
     for lo in range(0, q.shape[-2], block):
         keys = min(tk, last_key + lo + block)
         rows = slice(lo, lo + block)
-        out.append(_attention(
+        out[..., rows, :].copy_(_attention(
             q[..., rows, :], q_scale[..., rows, :], k[..., :keys, :], k_mult[..., :keys], v[..., :keys, :],
-            v_scale[..., :keys], None if masked is None else masked[..., rows, :keys], table, *pv_max,
+            v_scale[..., :keys], None if mask is None else mask[..., rows, :keys], table, *pv_max,
+            None if scores is None else scores[..., rows, :keys],
         ))
-    return out[0] if len(out) == 1 else torch.cat(out, dim=-2)
+    return out
+
+
+def integer_scores(q: Tensor, k: Tensor, path: str | None = None) -> Tensor:
+    """QK^T of float32 integers |x| <= 127 [..., T, d], [..., Tk, d] -> float32 [..., T, Tk]: the
+    integers attention's float32 matmul gives, by int8 matmuls (measured 1.5x faster over
+    whole sequences; a step's single query stays with the batched float matmul)."""
+    *lead, tq, d = q.shape
+    tk = k.shape[-2]
+    out = torch.empty(*lead, tq, tk, device=q.device)
+    pairs = zip(q.to(torch.int8).reshape(-1, tq, d), k.to(torch.int8).reshape(-1, tk, d))
+    for o, (a, b) in zip(out.view(-1, tq, tk), pairs):
+        o.copy_(int_matmul(a, b, path))
+    return out
+
+
+def causal_mask(query_pos: Tensor, keys: int) -> Tensor:
+    """float32 [..., Tq, keys]: +inf where key j comes after the query's position, else 0."""
+    inf, zero = (const(c, torch.float32, query_pos.device) for c in (math.inf, 0.0))
+    return torch.where(torch.arange(keys, device=query_pos.device) > query_pos[..., None], inf, zero)
 
 
 def _attention(
     q: Tensor, q_scale: Tensor, k: Tensor, k_mult: Tensor, v: Tensor, v_scale: Tensor,
-    masked: Tensor | None, table: Tensor, p_max: int, pv_dtype: torch.dtype,
+    mask: Tensor | None, table: Tensor, p_max: int, pv_dtype: torch.dtype, u: Tensor | None = None,
 ) -> Tensor:
     """QK^T: float32 matmul of integers, |sum| <= 127**2 * d < 2**24 for d <= 1040: exact.
     u = QK * k_mult, masked keys +inf; the exponent on a 2**-8 grid is i = trunc((u - min u)
@@ -225,16 +255,17 @@ def _attention(
     tails). V's per-token scale folds into the weights: w = E * v_scale,
     P = round(w * p_max / max w) in 0..p_max, so |sum P V| <= p_max * 127 * Tk, exact in
     `pv_dtype` (see `prob_max`); sum E <= 2**20 * Tk < 2**53 is exact in float64.
-    out = (P V) * max w / (p_max * sum E)."""
+    out = (P V) * max w / (p_max * sum E), in float64: the caller rounds it to float32."""
     *lead, tq, d = q.shape
     keys = k.shape[-2]
     if d > F32_EXACT_K:
         raise EngineError(f"attention: head_dim {d} exceeds {F32_EXACT_K}, QK^T would not be exact in float32")
-    # bmm on [batch * head] rather than matmul's broadcasting: fewer dispatched ops a call.
-    u = torch.bmm(q.reshape(-1, tq, d), k.reshape(-1, keys, d).transpose(1, 2))
-    u = u.view(*lead, tq, keys).mul_(k_mult)
-    if masked is not None:
-        u.masked_fill_(masked, math.inf)
+    if u is None:  # bmm on [batch * head] rather than matmul's broadcasting: fewer ops a call
+        u = torch.bmm(q.reshape(-1, tq, d), k.reshape(-1, keys, d).transpose(1, 2)).view(*lead, tq, keys)
+    if mask is None:
+        u.mul_(k_mult)
+    else:  # mask + u * k_mult in one pass: adding 0 keeps the rounded product, fused or not
+        torch.addcmul(mask, u, k_mult, out=u)  # (-0 becomes +0: the same exponent 0 below)
     # trunc of the non-negative difference is its floor; masked keys (+inf) clamp to the 0 entry.
     idx = u.sub_(u.amin(dim=-1, keepdim=True)).mul_(q_scale).clamp_(max=table.shape[0] - 1).int()
     e = lookup(table, idx)
@@ -243,6 +274,7 @@ def _attention(
     wmax = w.amax(dim=-1, keepdim=True)
     wmax = torch.where(wmax > _c(0.0, wmax), wmax, _c(1.0, wmax))
     p = w.mul_(_c(p_max, wmax) / wmax).round_()
-    acc = torch.bmm(p.to(pv_dtype).view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
+    p = p if p.dtype == pv_dtype else p.to(pv_dtype)  # even a no-op cast costs a dispatch
+    acc = torch.bmm(p.view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
     # float32 operands promote to float64 inside these ops, exactly (as separate casts would).
-    return torch.mul(acc, wmax / total.mul_(const(p_max, torch.float64, total.device))).float()
+    return torch.mul(acc, wmax / total.mul_(const(p_max, torch.float64, total.device)))

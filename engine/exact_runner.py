@@ -90,8 +90,8 @@ class ExactRunner:
         for layer, block in enumerate(w.blocks):
             h = ops.layer_norm(x, *block.ln_1, w.eps)
             qkv = ops.linear(h, block.attn, path).view(shape)
-            vals, scales = ops.quantize_rows(qkv, ints=False, dead_scale=self._dead_scale)
-            q, q_scale, kv_scale = vals[:, :, 0], scales[:, :, 0], scales[:, :, 1:] * self._kv_factor
+            vals, q_scale, kv_scale = self._quantize_qkv(qkv)
+            q = vals[:, :, 0]
             if layer == last and narrow is not None:
                 q, q_scale = narrow(q), narrow(q_scale)
                 x = narrow(x.view(rows, chunk, -1)).reshape(-1, x.shape[-1])
@@ -101,6 +101,20 @@ class ExactRunner:
             h = ops.gelu(ops.linear(h, block.fc, path), self.gelu_table)
             x = x.add_(ops.linear(h, block.mlp_proj, path))
         return x
+
+    def _quantize_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """qkv [rows, chunk, 3, head, d] -> its integers (same shape), the queries' scales
+        [rows, chunk, head, 1], the keys' (times key_factor) and values' [rows, chunk, 2, head, 1]."""
+        rows, chunk, _, heads, d = qkv.shape
+        if chunk == 1:  # a step: nothing to lay out, and the fewest ops
+            vals, scales = ops.quantize_rows(qkv, ints=False, dead_scale=self._dead_scale)
+            return vals, scales[:, :, 0], scales[:, :, 1:] * self._kv_factor
+        # Laid out as [q/k/v, rows, head, chunk, d] and [k/v, rows, head, 1, chunk] (seen in qkv's
+        # order): contiguous per head for attention's matmuls and its rows of scales.
+        laid = torch.empty(3, rows, heads, chunk, d, device=qkv.device).permute(1, 3, 0, 2, 4)
+        vals, scales = ops.quantize_rows(qkv, ints=False, dead_scale=self._dead_scale, out=laid)
+        kv_scale = torch.empty(2, rows, heads, 1, chunk, device=qkv.device).permute(1, 4, 0, 2, 3)
+        return vals, scales[:, :, 0], torch.mul(scales[:, :, 1:], self._kv_factor, out=kv_scale)
 
     def _logits(self, x: Tensor, out: Tensor) -> None:
         x = ops.layer_norm(x, *self.weights.ln_f, self.weights.eps)
@@ -115,7 +129,10 @@ class ExactRunner:
                 raise EngineError(f"token ids must be in 0..{self.config.vocab_size - 1}")
 
     def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        return self.weights.wte[tokens] + self.weights.wpe[positions]
+        # index_select gathers the same rows as advanced indexing, several times faster.
+        w = self.weights
+        x = w.wte.index_select(0, tokens.reshape(-1)) + w.wpe.index_select(0, positions.reshape(-1))
+        return x.view(*tokens.shape, -1)
 
     def forward(
         self, tokens: Tensor, start: Tensor, query_lens: Tensor, fresh: bool = False, kv_len: int | None = None
@@ -188,14 +205,14 @@ class ExactRunner:
         offsets = torch.arange(chunk, device=tokens.device)
         positions = start[:, None] + offsets
         keys = max(max(s + n for s, n in zip(starts, lens)), 1)
-        key_pos = torch.arange(keys, device=tokens.device)
         row_ids, pos_ids = torch.nonzero(offsets[None, :] < query_lens[:, None], as_tuple=True)
         write_pos = positions[row_ids, pos_ids]
         last = (query_lens - 1).clamp(min=0)
         pick = torch.arange(rows, device=tokens.device)
         narrow: Narrow = lambda t: t[pick, last].unsqueeze(1)  # noqa: E731
         # Query (r, i) sees keys 0..start[r] + i; key 0 always, so no row is empty.
-        masked = {False: key_pos > positions[:, None, :, None], True: key_pos > narrow(positions)[:, None, :, None]}
+        mask = {False: ops.causal_mask(positions[:, None], keys)}
+        mask[True] = ops.causal_mask(narrow(positions)[:, None], keys)
         reach = {False: max(starts), True: max(s + max(n - 1, 0) for s, n in zip(starts, lens))}
 
         def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
@@ -204,9 +221,10 @@ class ExactRunner:
             scales[row_ids, :, :, :, write_pos] = kv_scale[row_ids, pos_ids]
             k, v = self._as_float(cache, rows, keys)
             k_mult, v_scale = scales[..., :keys].unbind(1)
-            out = ops.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale, masked[narrowed],
-                                reach[narrowed], self.exp_table, self.pv_max)
-            return out.transpose(1, 2).reshape(-1, self.heads * self.head_dim)
+            y = torch.empty(q.shape, device=q.device)  # [rows, chunk, head, d], filled by heads
+            ops.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[narrowed],
+                          reach[narrowed], self.exp_table, self.pv_max, out=y.transpose(1, 2))
+            return y.view(-1, self.heads * self.head_dim)
 
         x = self._embed(tokens, positions.clamp(max=self.config.n_positions - 1))
         self._logits(self._blocks(x.view(rows * chunk, -1), rows, chunk, attend, narrow), out)
@@ -223,27 +241,28 @@ class ExactRunner:
             raise EngineError(f"score: first must be in 0..{length - 1}, got {first}")
         out = torch.empty(rows, length - first, self.config.vocab_size, device=tokens.device)
         per_chunk = max(1, SCORE_CHUNK_TOKENS // length)
-        positions = torch.arange(length, device=tokens.device)
-        masked = positions[None, :] > positions[:, None]  # causal: key j after query i
         with torch.inference_mode():  # `out` is ordinary, as in `forward`
+            mask = ops.causal_mask(torch.arange(length, device=tokens.device), length)  # once, for every chunk
             for i in range(0, rows, per_chunk):
-                self._score(tokens[i : i + per_chunk], first, masked, out[i : i + per_chunk])
+                self._score(tokens[i : i + per_chunk], first, mask, out[i : i + per_chunk])
         return out
 
-    def _score(self, tokens: Tensor, first: int, masked: Tensor, out: Tensor) -> None:
+    def _score(self, tokens: Tensor, first: int, mask: Tensor, out: Tensor) -> None:
         rows, length = tokens.shape
         narrow: Narrow = lambda t: t[:, first:]  # noqa: E731
 
         def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
-            # [rows, length, 2, head, ...] -> [2, rows, head, length, ...]: contiguous per head.
-            k, v = kv.permute(2, 0, 3, 1, 4).contiguous()
+            # [rows, length, 2, head, ...] -> [2, rows, head, length, ...]: as laid out, a view.
+            k, v = kv.permute(2, 0, 3, 1, 4)
             v = v.to(self.pv_max[1])
             k_mult, v_scale = kv_scale.permute(2, 0, 3, 4, 1)
-            y = ops.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale,
-                              masked[first:] if narrowed else masked, first if narrowed else 0,
-                              self.exp_table, self.pv_max)
-            return y.transpose(1, 2).reshape(-1, self.heads * self.head_dim)
+            y = torch.empty(q.shape, device=q.device)  # [rows, length, head, d], filled by heads
+            q = q.transpose(1, 2)
+            ops.attention(q, q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[first:] if narrowed else mask,
+                          first if narrowed else 0, self.exp_table, self.pv_max, out=y.transpose(1, 2),
+                          scores=ops.integer_scores(q, k, self.matmul_path))
+            return y.view(-1, self.heads * self.head_dim)
 
-        x = self.weights.wte[tokens] + self.weights.wpe[:length]
+        x = self.weights.wte.index_select(0, tokens.reshape(-1)).view(rows, length, -1) + self.weights.wpe[:length]
         x = self._blocks(x.view(rows * length, -1), rows, length, attend, narrow if first else None)
         self._logits(x, out=out.view(-1, out.shape[-1]))

@@ -6,6 +6,7 @@ before any `@triton.jit` function is defined, so it is set here, before tests im
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -35,3 +36,14 @@ def interpreter_dot_depends_on_row_position() -> bool:
         if not np.array_equal((alone @ b)[0], together[row]):
             return True
     return False
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny checkpoint directory with the commaVQ layout (129-token frames, 2-frame window)."""
+    from models import GPT, GPTConfig, save_pretrained
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny")
+    save_pretrained(GPT(GPTConfig(n_positions=2 * 129, n_layer=1, n_head=2, n_embd=16, n_inner=32)), directory)
+    return directory

@@ -14,18 +14,9 @@ import pytest
 import torch
 
 from compress.cli import main
-from models import GPT, GPTConfig, save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny")
-    save_pretrained(GPT(GPTConfig(n_positions=2 * 129, n_layer=1, n_head=2, n_embd=16, n_inner=32)), directory)
-    return directory
 
 
 @pytest.fixture
@@ -153,7 +144,7 @@ def no_model(monkeypatch):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr("compress.cli.Engine.from_pretrained", refuse)
-    monkeypatch.setattr("compress.cli.engine_for", refuse)
+    monkeypatch.setattr("compress.parallel.engine_for", refuse)
 
 
 def one_line_error(capsys, match: str) -> str:

@@ -112,3 +112,51 @@ def test_tables_match_library_functions() -> None:
     assert np.abs(ops._exp2_f64(steps_) / np.exp2(steps_) - 1).max() < 1e-14
     table = ops.exp_table().numpy()
     assert table[0] == 2**20 and table[-1] == 0 and np.all(np.diff(table) <= 0)
+
+
+def test_gelu_passes_large_values_through_exactly() -> None:
+    """The lerp pass-through gives the bits of `where(x > 8, x, table[i])`, at 8 and around it."""
+    eight = torch.tensor(8.0)
+    edges = [8.0, float(torch.nextafter(eight, torch.tensor(9.0))), float(torch.nextafter(eight, torch.tensor(0.0))),
+             8.0 - 2.0**-11, 8.0 + 2.0**-11, 0.0, -0.0, 1e-40, -1e-40, 3e38, -3e38, 16.5, -8.0, -20.0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.tensor(edges), torch.linspace(-12, 12, 200001), torch.randn(100000, generator=g) * 10])
+    table = ops.gelu_table()
+    limit = ops.GELU_RANGE * 2**ops.GELU_STEP_BITS
+    idx = (x * 2.0**ops.GELU_STEP_BITS + (limit + 0.5)).clamp(0, 2 * limit).long()
+    want = torch.where(x > ops.GELU_RANGE, x, table[idx])
+    assert torch.equal(ops.gelu(x, table).view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("path", ops.MATMUL_PATHS[::2])  # the CPU's int_mm and the float64 fallback
+def test_integer_scores_equal_the_float_matmul(path: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    q = torch.randint(-127, 128, (2, 3, 70, 32), generator=g).float()
+    k = torch.randint(-127, 128, (2, 3, 90, 32), generator=g).float()
+    assert torch.equal(ops.integer_scores(q, k, path), q @ k.transpose(-1, -2))
+
+
+def test_attention_paths_agree_bit_for_bit(monkeypatch) -> None:
+    """Precomputed scores, a strided `out` and any block size give the plain call's bits."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randint(-127, 128, (2, 3, 150, 16), generator=g).float() for _ in range(3))
+    q_scale = torch.rand(2, 3, 150, 1, generator=g) * 0.05
+    k_mult = torch.rand(2, 3, 1, 150, generator=g) * ops.key_factor(16) * 0.05
+    v_scale = torch.rand(2, 3, 1, 150, generator=g) * 0.05
+    mask = ops.causal_mask(torch.arange(150), 150)
+    args = (q, q_scale, k, k_mult, v, v_scale, mask, 0, ops.exp_table(), ops.prob_max(150))
+    want = ops.attention(*args)
+    out = torch.empty(2, 150, 3, 16).transpose(1, 2)
+    assert torch.equal(ops.attention(*args, out=out, scores=ops.integer_scores(q, k)), want)
+    assert torch.equal(out, want)
+    monkeypatch.setattr(ops, "ATTENTION_BLOCK", 23)
+    assert torch.equal(ops.attention(*args), want)
+
+
+def test_quantize_rows_into_a_strided_out() -> None:
+    x = torch.randn(4, 5, 3, 32, generator=torch.Generator().manual_seed(3))
+    x[1, 2] = 0.0
+    laid = torch.empty(3, 4, 5, 32).permute(1, 2, 0, 3)
+    q, scale = ops.quantize_rows(x, ints=False, out=laid)
+    want_q, want_scale = ops.quantize_rows(x, ints=False)
+    assert q.data_ptr() == laid.data_ptr() and torch.equal(q, want_q) and torch.equal(scale, want_scale)

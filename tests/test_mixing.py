@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from compress.coder import TokenDecoder, TokenEncoder, code_length
 from compress.errors import CompressError
-from compress.mixing import CONTEXTS, FRAME, SYMBOLS, TOTAL, ContextMixer, MixerConfig
+from compress.mixing import CONTEXTS, EXP, FRAME, SYMBOLS, TOTAL, ContextMixer, MixerConfig
+from compress.mixing_table import SHIFT, UNIT, TableMixer
 
 FAST = MixerConfig(lr=1, lr_shift=0)  # a large step, so the weights move in a few frames
 
@@ -72,6 +73,45 @@ def test_decoder_pattern_equals_encoder_pattern(seed: int, lengths: list[int], v
         for table_e, table_d in zip(lane_e, lane_d):
             assert np.array_equal(table_e, table_d)
             assert table_e.dtype == np.int64 and (table_e >= 1).all() and (table_e.sum(axis=-1) == TOTAL).all()
+
+
+def reference_table(model: np.ndarray, counts: np.ndarray, w: np.ndarray, n: np.ndarray, prior: float) -> np.ndarray:
+    """The mixed tables in plain int64 arithmetic (the mixer's first implementation)."""
+    b = np.floor(w * UNIT / (n + prior) * (1 << SHIFT)).astype(np.int64)
+    a = ((UNIT << SHIFT) - (b * n).sum(axis=1)) // UNIT
+    freq = ((model - 1) * a[:, None] + (b[:, :, None] * counts.astype(np.int64)).sum(axis=1)) >> SHIFT
+    freq += 1
+    freq[np.arange(len(freq)), freq.argmax(axis=1)] += TOTAL - freq.sum(axis=1)
+    return freq
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 6), k=st.integers(1, len(CONTEXTS)),
+       scale=st.sampled_from([4, 1 << 12, (1 << 31) - 1]), prior=st.sampled_from([2.0**-10, 1.0, 16.0, 1e6]))
+def test_table_arithmetic_matches_the_integer_reference(seed: int, rows: int, k: int, scale: int,
+                                                        prior: float) -> None:
+    """The float64 matmul is exact up to the bounds: peaked and flat model tables, counts up
+    to int32's limit, one symbol or many, logits anywhere in [-12, 12] (or unseen)."""
+    rng = np.random.default_rng(seed)
+    model = model_tables(rng, (rows,))
+    model[0] = 1
+    model[0, rng.integers(SYMBOLS)] = TOTAL - SYMBOLS + 1  # as peaked as a table can be
+    n = rng.integers(0, scale, size=(rows, k), endpoint=True) * (rng.random((rows, k)) < 0.8)
+    counts = np.zeros((rows, k, SYMBOLS), dtype=np.int32)
+    for i, j in np.ndindex(rows, k):
+        one_symbol = np.eye(SYMBOLS)[rng.integers(SYMBOLS)]
+        spread = rng.dirichlet(np.full(SYMBOLS, 0.05)) if rng.random() < 0.7 else one_symbol
+        counts[i, j] = rng.multinomial(n[i, j], spread)
+    e = np.where(n > 0, EXP[rng.integers(0, len(EXP), size=(rows, k))], 0.0)
+    denominator = np.ones(rows)
+    for j in range(k):  # the mixer's order
+        denominator = denominator + e[:, j]
+    w = e / denominator[:, None]
+    mixer = TableMixer(counts.reshape(-1, SYMBOLS), k)
+    freq, read = mixer(model, np.arange(rows * k).reshape(rows, k), w, n, prior)
+    assert freq.dtype == np.int64 and np.array_equal(freq, reference_table(model, counts, w, n, prior))
+    assert np.array_equal(read, counts.transpose(1, 0, 2))
+    assert (freq >= 1).all() and (freq.sum(axis=1) == TOTAL).all()
 
 
 def test_lanes_share_what_they_learn_and_runs_are_deterministic() -> None:
