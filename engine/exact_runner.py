@@ -1,4 +1,5 @@
-"""The world model's forward pass in exact numerics (`exact_ops`), with its own KV cache.
+"""The world model's forward pass in exact numerics (`exact_ops`, `exact_attention`), with its
+own KV cache; teacher forcing (`score`) is in `exact_score`.
 
 Every operation is row-local (one token's row, or one query's attention row) and exact or
 correctly rounded, so a token's logits depend only on its own sequence: not on the batch,
@@ -26,7 +27,9 @@ from torch import Tensor
 
 from models import GPT
 
+from . import exact_attention as attn
 from . import exact_ops as ops
+from . import exact_score
 from .errors import EngineError
 from .quantize import QuantizedGPT, quantize_model, quantized_fingerprint
 
@@ -53,15 +56,15 @@ class ExactRunner:
         self.weights: QuantizedGPT = quantize_model(model, device)
         self.matmul_path = matmul_path
         self.gelu_table = ops.gelu_table().to(device)
-        self.exp_table = ops.exp_table().to(device)
-        self.pv_max = ops.prob_max(config.n_positions)
+        self.exp_table = attn.exp_table().to(device)
+        self.pv_max = attn.prob_max(config.n_positions)
         tables = self.gelu_table.cpu().numpy().tobytes() + self.exp_table.cpu().numpy().tobytes()
         tables += repr(self.pv_max).encode()
         self.fingerprint: str = quantized_fingerprint(self.weights, tables)
         self.max_batch, self.heads, self.head_dim = max_batch, config.n_head, config.head_dim
         # Per layer: int8 [batch, key/value, head, position, d] (a row's keys for one head are
         # contiguous; a token's k and v are one slice, written in one copy), and their scales
-        # [batch, key/value, head, 1, position]: keys' times ops.key_factor, values' as they
+        # [batch, key/value, head, 1, position]: keys' times attn.key_factor, values' as they
         # are. int8 rather than float32 integers: a step reads the whole filled cache, and
         # converting a quarter of the bytes beat reading float32 (measured, 64 rows: 4.9 vs
         # 5.6 ms a step).
@@ -77,7 +80,7 @@ class ExactRunner:
         # Scales of all-zero q / k / v rows: 1 for queries (any positive scale gives the same
         # weights, and 1 keeps masked keys at +inf rather than inf * 0), 0 for keys and values.
         self._dead_scale = torch.tensor([1.0, 0.0, 0.0], device=device).view(3, 1, 1)
-        self._kv_factor = torch.tensor([ops.key_factor(config.head_dim), 1.0], device=device).view(2, 1, 1)
+        self._kv_factor = torch.tensor([attn.key_factor(config.head_dim), 1.0], device=device).view(2, 1, 1)
 
     def _blocks(self, x: Tensor, rows: int, chunk: int, attend: Attend, narrow: Narrow | None = None) -> Tensor:
         """x float32 [rows * chunk, n_embd] through every block. `attend(layer, q, q_scale, kv,
@@ -189,8 +192,8 @@ class ExactRunner:
             scales[:, :, :, :, pos] = kv_scale[:, 0]
             k, v = self._as_float(cache, rows, keys)
             k_mult, v_scale = scales[..., :keys].unbind(1)
-            return ops.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale, None, pos,
-                                 self.exp_table, self.pv_max).view(rows, -1)
+            return attn.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale, None, pos,
+                                  self.exp_table, self.pv_max).view(rows, -1)
 
         x = self.weights.wte.index_select(0, tokens) + self.weights.wpe[pos]
         self._logits(self._blocks(x, rows, 1, attend), out)
@@ -211,8 +214,8 @@ class ExactRunner:
         pick = torch.arange(rows, device=tokens.device)
         narrow: Narrow = lambda t: t[pick, last].unsqueeze(1)  # noqa: E731
         # Query (r, i) sees keys 0..start[r] + i; key 0 always, so no row is empty.
-        mask = {False: ops.causal_mask(positions[:, None], keys)}
-        mask[True] = ops.causal_mask(narrow(positions)[:, None], keys)
+        mask = {False: attn.causal_mask(positions[:, None], keys)}
+        mask[True] = attn.causal_mask(narrow(positions)[:, None], keys)
         reach = {False: max(starts), True: max(s + max(n - 1, 0) for s, n in zip(starts, lens))}
 
         def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
@@ -222,47 +225,15 @@ class ExactRunner:
             k, v = self._as_float(cache, rows, keys)
             k_mult, v_scale = scales[..., :keys].unbind(1)
             y = torch.empty(q.shape, device=q.device)  # [rows, chunk, head, d], filled by heads
-            ops.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[narrowed],
-                          reach[narrowed], self.exp_table, self.pv_max, out=y.transpose(1, 2))
+            attn.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[narrowed],
+                           reach[narrowed], self.exp_table, self.pv_max, out=y.transpose(1, 2))
             return y.view(-1, self.heads * self.head_dim)
 
         x = self._embed(tokens, positions.clamp(max=self.config.n_positions - 1))
         self._logits(self._blocks(x.view(rows * chunk, -1), rows, chunk, attend, narrow), out)
 
     def score(self, tokens: Tensor, first: int = 0) -> Tensor:
-        """Teacher forcing: tokens [B, L] int64 from position 0 -> float32 logits
+        """Teacher forcing (`exact_score`): tokens [B, L] int64 from position 0 -> float32 logits
         [B, L - first, vocab] of positions first..L-1, bit-identical to a fresh `forward`
         prefill of tokens[:, :t+1] plus steps, at every t."""
-        self._check(tokens)
-        rows, length = tokens.shape
-        if length > self.config.n_positions or length < 1:
-            raise EngineError(f"score needs 1..{self.config.n_positions} tokens per row, got {length}")
-        if not 0 <= first < length:
-            raise EngineError(f"score: first must be in 0..{length - 1}, got {first}")
-        out = torch.empty(rows, length - first, self.config.vocab_size, device=tokens.device)
-        per_chunk = max(1, SCORE_CHUNK_TOKENS // length)
-        with torch.inference_mode():  # `out` is ordinary, as in `forward`
-            mask = ops.causal_mask(torch.arange(length, device=tokens.device), length)  # once, for every chunk
-            for i in range(0, rows, per_chunk):
-                self._score(tokens[i : i + per_chunk], first, mask, out[i : i + per_chunk])
-        return out
-
-    def _score(self, tokens: Tensor, first: int, mask: Tensor, out: Tensor) -> None:
-        rows, length = tokens.shape
-        narrow: Narrow = lambda t: t[:, first:]  # noqa: E731
-
-        def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
-            # [rows, length, 2, head, ...] -> [2, rows, head, length, ...]: as laid out, a view.
-            k, v = kv.permute(2, 0, 3, 1, 4)
-            v = v.to(self.pv_max[1])
-            k_mult, v_scale = kv_scale.permute(2, 0, 3, 4, 1)
-            y = torch.empty(q.shape, device=q.device)  # [rows, length, head, d], filled by heads
-            q = q.transpose(1, 2)
-            ops.attention(q, q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[first:] if narrowed else mask,
-                          first if narrowed else 0, self.exp_table, self.pv_max, out=y.transpose(1, 2),
-                          scores=ops.integer_scores(q, k, self.matmul_path))
-            return y.view(-1, self.heads * self.head_dim)
-
-        x = self.weights.wte.index_select(0, tokens.reshape(-1)).view(rows, length, -1) + self.weights.wpe[:length]
-        x = self._blocks(x.view(rows * length, -1), rows, length, attend, narrow if first else None)
-        self._logits(x, out=out.view(-1, out.shape[-1]))
+        return exact_score.score(self, tokens, first, SCORE_CHUNK_TOKENS)

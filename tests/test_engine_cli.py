@@ -130,3 +130,19 @@ def test_ctrl_c_during_startup_is_one_line() -> None:
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 1 and err == "python -m engine: interrupted\n", err
+
+
+def test_exact_numerics_dream_the_same_on_any_thread_count(tmp_path: Path, model_dir: Path) -> None:
+    context = tmp_path / "context.npy"
+    np.save(context, np.random.default_rng(1).integers(0, 1024, (3, 8, 16)).astype(np.int16))
+    options = ["-n", "2", "--context", str(context), "--model", str(model_dir), "--seed", "5", "--numerics", "exact"]
+    one, two = tmp_path / "one.npy", tmp_path / "two.npy"
+    assert imagine(str(one), *options, "--threads", "1").returncode == 0
+    assert imagine(str(two), *options, "--threads", "2").returncode == 0
+    from engine import Engine
+
+    engine = Engine.from_pretrained(model_dir, max_batch=1, numerics="exact")
+    expected = engine.imagine(np.load(context), 2, seed=5)
+    assert np.array_equal(np.load(one), expected) and np.array_equal(np.load(two), expected)
+    refused = imagine(str(tmp_path / "x.npy"), *options, "--compile")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "--compile" in refused.stderr

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import models
-from engine import exact_ops as ops
+from engine import exact_attention
 from engine import exact_runner
 from engine.errors import EngineError
 from engine.exact_runner import ExactRunner
@@ -98,7 +98,7 @@ def test_score_chunks_and_attention_blocks_are_invisible(runner: ExactRunner, mo
     tokens = real_windows(3, first=200)
     whole = runner.score(tokens)
     monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 258)  # one window per chunk
-    monkeypatch.setattr(ops, "ATTENTION_BLOCK", 17)
+    monkeypatch.setattr(exact_attention, "ATTENTION_BLOCK", 17)
     assert torch.equal(runner.score(tokens), whole)
 
 
@@ -109,7 +109,7 @@ def test_score_from_a_position_keeps_those_logits(runner: ExactRunner, monkeypat
     whole = runner.score(tokens)
     assert torch.equal(runner.score(tokens, first=129), whole[:, 129:]) and not torch.is_inference(whole)
     monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 258)
-    monkeypatch.setattr(ops, "ATTENTION_BLOCK", 17)
+    monkeypatch.setattr(exact_attention, "ATTENTION_BLOCK", 17)
     assert torch.equal(runner.score(tokens, first=200), whole[:, 200:])
     assert torch.equal(runner.score(tokens, first=257), whole[:, 257:])
 

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import exact_attention as attn
 from engine import exact_ops as ops
 from engine.errors import EngineError
 from engine.quantize import TINY, quantize_weight
@@ -50,7 +51,7 @@ def test_int_matmul_refuses_bad_input() -> None:
 def test_pv_bound_is_exact_at_worst_case(n_positions: int) -> None:
     """Every key at the largest weight and every value at 127: the PV sum hits its bound and
     the chosen dtype still holds it exactly; the attention output is then 127 * v_scale."""
-    p_max, dtype = ops.prob_max(n_positions)
+    p_max, dtype = attn.prob_max(n_positions)
     assert p_max * 127 * n_positions < (2**24 if dtype == torch.float32 else 2**53)
     p = torch.full((2, n_positions), float(p_max), dtype=dtype)
     v = torch.full((n_positions, 3), 127.0, dtype=dtype)
@@ -58,8 +59,8 @@ def test_pv_bound_is_exact_at_worst_case(n_positions: int) -> None:
     q = torch.full((1, 2, 8), 127.0)
     k = torch.full((1, n_positions, 8), 127.0)
     scale = torch.full((1, 1, n_positions), 0.5)
-    out = ops.attention(q, torch.ones(1, 2, 1), k, scale * ops.key_factor(8), k.to(dtype), scale, None, n_positions,
-                        ops.exp_table(), (p_max, dtype))
+    out = attn.attention(q, torch.ones(1, 2, 1), k, scale * attn.key_factor(8), k.to(dtype), scale, None, n_positions,
+                         attn.exp_table(), (p_max, dtype))
     torch.testing.assert_close(out, torch.full_like(out, 63.5), rtol=1e-6, atol=0)
 
 
@@ -108,9 +109,9 @@ def test_tables_match_library_functions() -> None:
     x = torch.linspace(-10, 10, 4001)
     ref = torch.nn.functional.gelu(x.double(), approximate="tanh")
     assert (ops.gelu(x, ops.gelu_table()).double() - ref).abs().max() < 1e-3
-    steps_ = np.arange(ops.EXP_ONE_BITS * 2**ops.EXP_STEP_BITS + 1) / -(2.0**ops.EXP_STEP_BITS)
-    assert np.abs(ops._exp2_f64(steps_) / np.exp2(steps_) - 1).max() < 1e-14
-    table = ops.exp_table().numpy()
+    steps_ = np.arange(attn.EXP_ONE_BITS * 2**attn.EXP_STEP_BITS + 1) / -(2.0**attn.EXP_STEP_BITS)
+    assert np.abs(ops.exp2_f64(steps_) / np.exp2(steps_) - 1).max() < 1e-14
+    table = attn.exp_table().numpy()
     assert table[0] == 2**20 and table[-1] == 0 and np.all(np.diff(table) <= 0)
 
 
@@ -133,7 +134,7 @@ def test_integer_scores_equal_the_float_matmul(path: str) -> None:
     g = torch.Generator().manual_seed(1)
     q = torch.randint(-127, 128, (2, 3, 70, 32), generator=g).float()
     k = torch.randint(-127, 128, (2, 3, 90, 32), generator=g).float()
-    assert torch.equal(ops.integer_scores(q, k, path), q @ k.transpose(-1, -2))
+    assert torch.equal(attn.integer_scores(q, k, path), q @ k.transpose(-1, -2))
 
 
 def test_attention_paths_agree_bit_for_bit(monkeypatch) -> None:
@@ -141,16 +142,16 @@ def test_attention_paths_agree_bit_for_bit(monkeypatch) -> None:
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randint(-127, 128, (2, 3, 150, 16), generator=g).float() for _ in range(3))
     q_scale = torch.rand(2, 3, 150, 1, generator=g) * 0.05
-    k_mult = torch.rand(2, 3, 1, 150, generator=g) * ops.key_factor(16) * 0.05
+    k_mult = torch.rand(2, 3, 1, 150, generator=g) * attn.key_factor(16) * 0.05
     v_scale = torch.rand(2, 3, 1, 150, generator=g) * 0.05
-    mask = ops.causal_mask(torch.arange(150), 150)
-    args = (q, q_scale, k, k_mult, v, v_scale, mask, 0, ops.exp_table(), ops.prob_max(150))
-    want = ops.attention(*args)
+    mask = attn.causal_mask(torch.arange(150), 150)
+    args = (q, q_scale, k, k_mult, v, v_scale, mask, 0, attn.exp_table(), attn.prob_max(150))
+    want = attn.attention(*args)
     out = torch.empty(2, 150, 3, 16).transpose(1, 2)
-    assert torch.equal(ops.attention(*args, out=out, scores=ops.integer_scores(q, k)), want)
+    assert torch.equal(attn.attention(*args, out=out, scores=attn.integer_scores(q, k)), want)
     assert torch.equal(out, want)
-    monkeypatch.setattr(ops, "ATTENTION_BLOCK", 23)
-    assert torch.equal(ops.attention(*args), want)
+    monkeypatch.setattr(attn, "ATTENTION_BLOCK", 23)
+    assert torch.equal(attn.attention(*args), want)
 
 
 def test_quantize_rows_into_a_strided_out() -> None:
