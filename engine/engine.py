@@ -14,6 +14,7 @@ from .backends import BACKENDS
 from .cuda_graph import CudaGraphFrame, CudaGraphStep
 from .errors import EngineError
 from .exact_runner import ExactRunner
+from .exact_score import score as exact_score
 from .frame_loop import FrameLoop, Sampling
 from .imagine import imagine as _imagine
 from .kv_cache import CacheShape, PagedKVCache
@@ -190,7 +191,7 @@ class Engine:
         what a prefill of the first t+1 tokens (or a prefill and steps) gives at position t."""
         if not isinstance(self.runner, ExactRunner):
             raise EngineError("score() needs exact numerics: float logits depend on the call's shape")
-        return self.runner.score(tokens.to(self.device), first)
+        return exact_score(self.runner, tokens.to(self.device), first)
 
     # `engine.imagine(tokens, n, ...)`: imagine.py's function, a client of the streams above.
     imagine = _imagine

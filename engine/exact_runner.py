@@ -29,7 +29,6 @@ from models import GPT
 
 from . import exact_attention as attn
 from . import exact_ops as ops
-from . import exact_score
 from .errors import EngineError
 from .quantize import QuantizedGPT, quantize_model, quantized_fingerprint
 
@@ -231,9 +230,3 @@ class ExactRunner:
 
         x = self._embed(tokens, positions.clamp(max=self.config.n_positions - 1))
         self._logits(self._blocks(x.view(rows * chunk, -1), rows, chunk, attend, narrow), out)
-
-    def score(self, tokens: Tensor, first: int = 0) -> Tensor:
-        """Teacher forcing (`exact_score`): tokens [B, L] int64 from position 0 -> float32 logits
-        [B, L - first, vocab] of positions first..L-1, bit-identical to a fresh `forward`
-        prefill of tokens[:, :t+1] plus steps, at every t."""
-        return exact_score.score(self, tokens, first, SCORE_CHUNK_TOKENS)

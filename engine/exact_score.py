@@ -1,4 +1,4 @@
-"""Teacher forcing in exact numerics (`ExactRunner.score`): the logits of every position of
+"""Teacher forcing in exact numerics (`score(runner, tokens, first)`): the logits of every position of
 whole sequences in one pass, with no cache. The keys and values are the pass's own, and
 QK^T comes from int8 matmuls (`exact_attention.integer_scores`); every op is row-local and
 keys beyond a query's position get weight exactly 0, so each position's logits are the bits
@@ -7,21 +7,20 @@ own file: it uses the runner's block pass, checks and tables.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from . import exact_attention as attn
+from . import exact_runner
 from .errors import EngineError
-
-if TYPE_CHECKING:
-    from .exact_runner import ExactRunner, Narrow
+from .exact_runner import ExactRunner, Narrow
 
 
-def score(runner: ExactRunner, tokens: Tensor, first: int, chunk_tokens: int) -> Tensor:
-    """`ExactRunner.score`, its rows in groups of about `chunk_tokens` tokens (every op is
-    row-local, so the grouping changes no bit)."""
+def score(runner: ExactRunner, tokens: Tensor, first: int = 0) -> Tensor:
+    """tokens [B, L] int64 from position 0 -> float32 logits [B, L - first, vocab] of
+    positions first..L-1, bit-identical to a fresh `runner.forward` prefill of
+    tokens[:, :t+1] plus steps, at every t. Rows go in groups of about
+    `exact_runner.SCORE_CHUNK_TOKENS` tokens (every op is row-local: no bit changes)."""
     runner._check(tokens)
     rows, length = tokens.shape
     if length > runner.config.n_positions or length < 1:
@@ -29,7 +28,7 @@ def score(runner: ExactRunner, tokens: Tensor, first: int, chunk_tokens: int) ->
     if not 0 <= first < length:
         raise EngineError(f"score: first must be in 0..{length - 1}, got {first}")
     out = torch.empty(rows, length - first, runner.config.vocab_size, device=tokens.device)
-    per_chunk = max(1, chunk_tokens // length)
+    per_chunk = max(1, exact_runner.SCORE_CHUNK_TOKENS // length)
     with torch.inference_mode():  # `out` is ordinary, as in `forward`
         mask = attn.causal_mask(torch.arange(length, device=tokens.device), length)  # once, for every chunk
         for i in range(0, rows, per_chunk):

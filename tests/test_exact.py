@@ -18,6 +18,7 @@ from engine import exact_attention
 from engine import exact_runner
 from engine.errors import EngineError
 from engine.exact_runner import ExactRunner
+from engine.exact_score import score
 
 ROOT = Path(__file__).resolve().parents[1]
 MINUTE = ROOT.parent / "shared" / "data" / "train" / "3b41c0fa8959aea6c118e5714f412a2e_13.npy"
@@ -60,7 +61,7 @@ def steps(runner: ExactRunner, tokens: torch.Tensor, prefill: int) -> list[torch
 # --- bit-identical logits ---------------------------------------------------------------
 def test_score_equals_prefill_then_steps(runner: ExactRunner) -> None:
     tokens = real_windows(2, first=500)
-    scored = runner.score(tokens)
+    scored = score(runner, tokens)
     for i, logits in enumerate(steps(runner, tokens, prefill=100)):
         assert torch.equal(logits, scored[:, 99 + i]), f"position {99 + i}"
 
@@ -72,7 +73,7 @@ def test_score_equals_prefill_of_every_prefix(n_positions: int) -> None:
     runner = ExactRunner(tiny, max_batch=2)
     assert runner.pv_max[1] == (torch.float32 if n_positions == 258 else torch.float64)
     tokens = torch.randint(0, 1025, (2, 140))
-    scored = runner.score(tokens)
+    scored = score(runner, tokens)
     for length in range(1, 141):
         logits = runner.forward(tokens[:, :length], lens(0, 0), lens(length, length), fresh=True)
         assert torch.equal(logits, scored[:, length - 1]), f"prefix {length}"
@@ -91,27 +92,27 @@ def test_batch_chunking_and_padding_do_not_change_a_row(runner: ExactRunner) -> 
     together = [runner.forward(tokens[:, p : p + 1], lens(*[p] * 8), lens(*[1] * 8)) for p in range(129, 258)][-4:]
     for x, y in zip(alone, together):
         assert torch.equal(x[0], y[0])
-    assert torch.equal(together[-1], runner.score(tokens)[:, -1])
+    assert torch.equal(together[-1], score(runner, tokens)[:, -1])
 
 
 def test_score_chunks_and_attention_blocks_are_invisible(runner: ExactRunner, monkeypatch) -> None:
     tokens = real_windows(3, first=200)
-    whole = runner.score(tokens)
+    whole = score(runner, tokens)
     monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 258)  # one window per chunk
     monkeypatch.setattr(exact_attention, "ATTENTION_BLOCK", 17)
-    assert torch.equal(runner.score(tokens), whole)
+    assert torch.equal(score(runner, tokens), whole)
 
 
 def test_score_from_a_position_keeps_those_logits(runner: ExactRunner, monkeypatch) -> None:
     """`first` computes only the later positions' logits (the last layer narrows its
     queries): the same bits as the full score's, with any chunking and attention blocks."""
     tokens = real_windows(3, first=640)
-    whole = runner.score(tokens)
-    assert torch.equal(runner.score(tokens, first=129), whole[:, 129:]) and not torch.is_inference(whole)
+    whole = score(runner, tokens)
+    assert torch.equal(score(runner, tokens, first=129), whole[:, 129:]) and not torch.is_inference(whole)
     monkeypatch.setattr(exact_runner, "SCORE_CHUNK_TOKENS", 258)
     monkeypatch.setattr(exact_attention, "ATTENTION_BLOCK", 17)
-    assert torch.equal(runner.score(tokens, first=200), whole[:, 200:])
-    assert torch.equal(runner.score(tokens, first=257), whole[:, 257:])
+    assert torch.equal(score(runner, tokens, first=200), whole[:, 200:])
+    assert torch.equal(score(runner, tokens, first=257), whole[:, 257:])
 
 
 def test_lockstep_step_equals_the_general_path(runner: ExactRunner) -> None:
@@ -130,7 +131,7 @@ def test_lockstep_step_equals_the_general_path(runner: ExactRunner) -> None:
     mixed = runner.forward(tokens[:, 150:151].where(torch.arange(4)[:, None] < 3, tokens[:, 149:150]),
                            lens(150, 150, 150, 149), lens(1, 1, 1, 1))
     assert torch.equal(mixed[:3], shared[:3])
-    assert torch.equal(mixed[3], runner.score(tokens[3:, :150])[0, -1])
+    assert torch.equal(mixed[3], score(runner, tokens[3:, :150])[0, -1])
 
 
 def test_prefill_in_groups_of_rows_is_invisible(runner: ExactRunner, monkeypatch) -> None:
@@ -148,9 +149,9 @@ def test_thread_count_does_not_change_logits(runner: ExactRunner) -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = runner.score(tokens)
+        one = score(runner, tokens)
         torch.set_num_threads(2)
-        two = runner.score(tokens)
+        two = score(runner, tokens)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
@@ -161,16 +162,17 @@ import hashlib, sys, torch
 sys.path.insert(0, {root!r})
 import models
 from engine.exact_runner import ExactRunner
+from engine.exact_score import score
 runner = ExactRunner(models.load_pretrained(models.DEFAULT_MODEL_DIR).float().eval(), max_batch=4)
 tokens = torch.load({path!r})
-print(hashlib.sha256(runner.score(tokens).numpy().tobytes()).hexdigest())
+print(hashlib.sha256(score(runner, tokens).numpy().tobytes()).hexdigest())
 """
 
 
 def test_fresh_processes_with_other_cpu_settings_agree(runner: ExactRunner, tmp_path: Path) -> None:
     tokens = real_windows(4, first=900)
     torch.save(tokens, tmp_path / "tokens.pt")
-    want = hashlib.sha256(runner.score(tokens).numpy().tobytes()).hexdigest()
+    want = hashlib.sha256(score(runner, tokens).numpy().tobytes()).hexdigest()
     script = HASH_SCRIPT.format(root=str(ROOT), path=str(tmp_path / "tokens.pt"))
     # Two processes (torch imports are slow on a busy 2-core machine) cover all four settings.
     variants = [{"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "2"},
@@ -189,7 +191,7 @@ def test_inductor_compile_matches_eager() -> None:
     tiny = models.GPT(models.GPTConfig(n_positions=258, n_layer=1, n_head=2, n_embd=32, n_inner=64)).eval()
     runner = ExactRunner(tiny, max_batch=2)
     tokens = torch.randint(0, 1024, (2, 258))
-    assert torch.equal(torch.compile(runner.score, dynamic=False)(tokens), runner.score(tokens))
+    assert torch.equal(torch.compile(runner.score, dynamic=False)(tokens), score(runner, tokens))
 
 
 # --- agreement with the float model, identity, input checks --------------------------------
@@ -197,7 +199,7 @@ def test_close_to_float_model(model, runner: ExactRunner) -> None:
     tokens = real_windows(8, first=1050)
     with torch.no_grad():
         ref = model(tokens)[:, 129:257, :1024].double().log_softmax(-1)
-    ours = runner.score(tokens)[:, 129:257, :1024].double().log_softmax(-1)
+    ours = score(runner, tokens)[:, 129:257, :1024].double().log_softmax(-1)
     assert (ref.argmax(-1) == ours.argmax(-1)).float().mean() > 0.98
     kl = (ref.exp() * (ref - ours)).sum(-1).mean()
     assert kl < 0.01, float(kl)
@@ -215,9 +217,9 @@ def test_fingerprint_is_reproducible_and_tracks_the_weights(model) -> None:
 def test_bad_input_raises(runner: ExactRunner) -> None:
     good = torch.zeros(1, 4, dtype=torch.int64)
     with pytest.raises(EngineError, match="int64"):
-        runner.score(good.int())
+        score(runner, good.int())
     with pytest.raises(EngineError, match="token ids"):
-        runner.score(good + 2000)
+        score(runner, good + 2000)
     with pytest.raises(EngineError, match="max_batch"):
         runner.forward(torch.zeros(9, 1, dtype=torch.int64), lens(*[0] * 9), lens(*[1] * 9))
     with pytest.raises(EngineError, match="n_positions"):
@@ -225,9 +227,9 @@ def test_bad_input_raises(runner: ExactRunner) -> None:
     with pytest.raises(EngineError, match="fresh"):
         runner.forward(good, lens(3), lens(4), fresh=True)
     with pytest.raises(EngineError, match="tokens per row"):
-        runner.score(torch.zeros(1, 259, dtype=torch.int64))
+        score(runner, torch.zeros(1, 259, dtype=torch.int64))
     with pytest.raises(EngineError, match="first"):
-        runner.score(good, first=4)
+        score(runner, good, first=4)
     with pytest.raises(EngineError, match="at least one position"):
         runner.forward(torch.zeros(1, 0, dtype=torch.int64), lens(0), lens(0))
     assert runner.forward(torch.zeros(0, 1, dtype=torch.int64), lens(), lens()).shape == (0, 1025)
@@ -238,6 +240,6 @@ def test_the_triton_int8_kernel_path_gives_the_same_logits(model, runner) -> Non
     the very integers of the CPU's `torch._int_mm`: identical logits, prefill and steps."""
     triton_runner = ExactRunner(model, max_batch=2, device="cpu", matmul_path="triton")
     tokens = real_windows(2)[:, :140]
-    assert torch.equal(triton_runner.score(tokens, first=120), runner.score(tokens, first=120))
+    assert torch.equal(score(triton_runner, tokens, first=120), score(runner, tokens, first=120))
     got, want = (steps(r, tokens, prefill=136) for r in (triton_runner, runner))
     assert all(torch.equal(g, w) for g, w in zip(got, want))
