@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import models
 from engine import Engine
 from engine.exact_runner import ExactRunner
+from engine.exact_score import score
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MINUTE = "3b41c0fa8959aea6c118e5714f412a2e_13.npy"
@@ -61,7 +62,7 @@ def rate(model: models.GPT, runner: ExactRunner, tokens: np.ndarray, label: str)
     symbols = model.config.vocab_size - 1
     with torch.no_grad():
         float_logits = torch.cat([model(batch[i : i + 64]) for i in range(0, len(batch), 64)])
-    exact_logits = runner.score(batch)
+    exact_logits = score(runner, batch)
     ref, ours = bits_per_token(float_logits, batch, symbols), bits_per_token(exact_logits, batch, symbols)
     top = [logits[:, -129:-1, :symbols].argmax(-1) for logits in (float_logits, exact_logits)]
     agree = (top[0] == top[1]).float().mean()
@@ -98,8 +99,8 @@ def speed(model: models.GPT, windows_: np.ndarray, batch: int) -> None:
     runner = ExactRunner(model, max_batch=max(STEP_ROWS))
     with torch.no_grad():
         t_float = timed(lambda: model(tokens), 5)
-    t_exact = timed(lambda: runner.score(tokens), 5)
-    t_coded = timed(lambda: runner.score(tokens, first=CODED_FROM), 5)
+    t_exact = timed(lambda: score(runner, tokens), 5)
+    t_coded = timed(lambda: score(runner, tokens, first=CODED_FROM), 5)
     print(f"score, {rows} windows x {length} tokens: float32 {rows * length / t_float:,.0f} tokens/s, "
           f"exact {rows * length / t_exact:,.0f} tokens/s; exact, logits of positions {CODED_FROM}.. only "
           f"(a coder's frame): {rows * length / t_coded:,.0f} window tokens/s")
