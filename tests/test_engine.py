@@ -7,6 +7,7 @@ import torch
 
 import models
 from engine import Engine, EngineError
+from engine.backends import packs_weights
 from models import GPTConfig
 from conftest import interpreter_dot_depends_on_row_position
 
@@ -225,6 +226,28 @@ def test_bfloat16_engine_tracks_float32(model: models.GPT) -> None:
     assert (torch.cat(logits) - expected).abs().max() < 0.1 * expected.abs().max()
     drive = np.random.default_rng(7).integers(0, 1024, (2, 8))
     assert (engine.imagine(drive, 2, seed=0) < 1024).all()
+
+
+@pytest.mark.skipif(not packs_weights(torch.device("cpu"), torch.bfloat16), reason="no oneDNN packing in this torch")
+def test_packed_bfloat16_weights_give_the_same_bits(model: models.GPT, monkeypatch) -> None:
+    """oneDNN-packed weights (the CPU bfloat16 engine's) change the speed, not a bit: the
+    logits of prefill and steps, at batch 1 and 3, equal F.linear's."""
+    import copy
+
+    import engine.engine as engine_module
+
+    tokens = torch.randint(0, 1025, (3, 20))
+    results = []
+    for packing in (True, False):
+        monkeypatch.setattr(engine_module, "packs_weights", lambda device, dtype: packing)
+        engine = Engine(copy.deepcopy(model), backend="torch", compile=False, dtype=torch.bfloat16, max_batch=3)
+        assert len(engine.runner.ops._packed) == (9 if packing else 0)  # 2 layers x 4 + the head
+        logits = []
+        for rows in (1, 3):
+            streams = engine.open_streams(rows)
+            logits += [streams.prefill(tokens[:rows, :12])] + [streams.step(tokens[:rows, i]) for i in range(12, 20)]
+        results.append(logits)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
 def test_from_pretrained_picks_the_fast_dtype(model: models.GPT, tmp_path) -> None:
