@@ -11,12 +11,13 @@ from tqdm import tqdm
 
 from engine import Engine, EngineError, resolve_device
 from models import CheckpointError
+from models.npy import load_npy, npy_bytes
 
 from .api import DEFAULT_MAX_BATCH, default_engine, encode_many, fitted_batch, read_header
 from .lanes import DEFAULT_LANES, CodecParams
 from .errors import CompressError
-from .files import STDIO, Job, Writer, into_directory, load_npy, npy_bytes, plan, read_bytes
-from .format import MAX_BATCH, MAX_LANES, PREFIX, RAW, repack
+from .files import STDIO, Job, Writer, into_directory, plan, read_bytes
+from .format import MAX_BATCH, MAX_FRAMES, MAX_LANES, PREFIX, RAW, repack
 from .parallel import MAX_DEFAULT_JOBS, decode_in_processes, default_jobs
 
 PROG = "python -m compress"
@@ -148,7 +149,7 @@ def run_encode(args: argparse.Namespace, writer: Writer) -> None:
     writer.prepare(work, inputs, args.force)
     jobs: list[Job] = work.jobs
     if not args.dataset:
-        arrays, versions = map(list, zip(*(load_npy(read_bytes(job.source), job.source) for job in jobs)))
+        arrays, versions = map(list, zip(*(load_npy(read_bytes(job.source), job.source, CompressError, MAX_FRAMES) for job in jobs)))
     engine = load_engine(args, args.batch)
     window = engine.config.frames_per_window if args.window is None else args.window
     params = CodecParams(window, args.stride, args.lanes, fitted_batch(engine, arrays, args.lanes), args.mixing)

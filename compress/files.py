@@ -4,21 +4,14 @@ Everything here runs before the model is loaded, so bad names and bad files fail
 milliseconds, not after the coding work."""
 from __future__ import annotations
 
-import io
-import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from numpy.lib import format as npy
-
 from models.atomic import atomic_write, check_writable
-from models.tokens import check_ids
 
 from .errors import CompressError
-from .format import DTYPE_PATTERN, LAYOUTS, MAX_FRAMES, NPY_VERSIONS
 
 SUFFIX = ".cvq"
 NPY = ".npy"
@@ -116,42 +109,6 @@ def read_bytes(source: str) -> bytes:
         return sys.stdin.buffer.read()
     with open(source, "rb") as f:
         return f.read()
-
-
-def load_npy(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """A token array and its .npy format version, checked from the .npy header before
-    anything is allocated (a header may claim any shape)."""
-    buffer = io.BytesIO(data)
-    try:
-        version = npy.read_magic(buffer)
-    except ValueError:
-        raise CompressError(f"{source}: not a .npy file (it does not start with NumPy's magic string; "
-                            "text, or another format?)") from None
-    if version not in NPY_VERSIONS:
-        raise CompressError(f"{source}: unsupported .npy format version {version[0]}.{version[1]}")
-    try:
-        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        shape, fortran_order, dtype = read(buffer)
-    except ValueError as exc:
-        raise CompressError(f"{source}: damaged .npy header ({exc})") from None
-    if dtype.hasobject or not DTYPE_PATTERN.fullmatch(dtype.str):
-        raise CompressError(f"{source}: dtype {dtype} is not an integer dtype")
-    if len(shape) < 2 or tuple(shape[1:]) not in LAYOUTS or shape[0] > MAX_FRAMES:
-        raise CompressError(f"{source}: tokens must be shaped (T, 8, 16) or (T, 128), T < 2**32, got {shape}")
-    count, start = math.prod(shape), buffer.tell()
-    if len(data) - start != count * dtype.itemsize:
-        raise CompressError(f"{source}: the .npy header says {shape} {dtype} ({count * dtype.itemsize} bytes), "
-                            f"the file holds {len(data) - start} bytes of data")
-    array = np.frombuffer(data, dtype, count, start).reshape(shape, order="F" if fortran_order else "C")
-    check_ids(array, CompressError, source)
-    return array, version
-
-
-def npy_bytes(array: np.ndarray, version: tuple[int, int] = (1, 0)) -> bytes:
-    """The .npy file numpy writes for `array` in format `version` (1.0 is what np.save writes)."""
-    buffer = io.BytesIO()
-    npy.write_array(buffer, array, version=version, allow_pickle=False)
-    return buffer.getvalue()
 
 
 @dataclass

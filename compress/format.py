@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from models.npy import DTYPE_PATTERN, NPY_VERSIONS
 from models.tokens import FRAME_TOKENS, LAYOUTS  # LAYOUTS' index is the header's layout byte
 
 from .errors import CorruptFileError, UnsupportedFormatError
@@ -38,8 +39,6 @@ NPY_VERSION = struct.Struct("<BB")  # the .npy format (major, minor) of the inpu
 CODED, RAW = 0, 1  # storage: range-coded with the model, or 10 bits per token when that is smaller
 TABLES = (2,)  # frequency-table versions this reader knows (compress/frequencies.py)
 MIXER_TEXT = re.compile(r"[A-Za-z0-9_.:,=+/^-]{0,200}")
-NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))  # what numpy.lib.format reads and writes
-DTYPE_PATTERN = re.compile(r"[<>|][iu][1248]")
 MAX_FRAMES = 2**32 - 1  # the frames field is a u32
 # The most streams per engine call an encoder may write. The decoder opens this many rows
 # whatever the payload's size, so it bounds the memory a tiny file can demand.

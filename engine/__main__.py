@@ -109,19 +109,14 @@ def _imagine(args: argparse.Namespace) -> int:
 
 
 def _load(path: str) -> np.ndarray:
-    """A token file, its header checked before its data is read: memory-mapping refuses a
-    header that claims more data than the file holds, without allocating it."""
-    from models.tokens import frame_tokens
+    """A token file, its header checked before its data is taken (`models.npy`)."""
+    from models.npy import load_npy
 
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-        raise _UserError(f"cannot read {path} as a .npy token array: {reason}") from exc
-    if not isinstance(array, np.ndarray):
-        raise _UserError(f"{path}: not a .npy array (an .npz archive?)")
-    frame_tokens(array, _UserError, path)
-    return np.array(array)  # the caller's layout and dtype, now in memory
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise _UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return np.array(load_npy(data, path, _UserError)[0])  # the caller's layout and dtype, writable
 
 
 def _write(output: Path, data: bytes, stdout: bool) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .npy import load_npy
 from .tokens import FRAME_TOKENS, TOKEN_VALUES, frame_tokens  # noqa: F401  (models.train imports these from here)
 
 SHARD_SUFFIX = ".tar.gz"
@@ -37,10 +38,10 @@ def _checked(array: np.ndarray, source: str, as_stored: bool) -> np.ndarray:
 
 def _load_npy(path: Path, as_stored: bool) -> tuple[str, np.ndarray]:
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read .npy file: {exc}") from exc
-    return path.name[: -len(".npy")], _checked(array, str(path), as_stored)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read .npy file: {exc.strerror or exc}") from exc
+    return path.name[: -len(".npy")], _checked(load_npy(data, str(path), DataError)[0], str(path), as_stored)
 
 
 def _load_shards(paths: list[Path], as_stored: bool) -> list[tuple[str, np.ndarray]]:

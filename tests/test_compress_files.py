@@ -10,8 +10,15 @@ import pytest
 from numpy.lib import format as npy
 
 from compress import CompressError
-from compress.files import Job, Writer, load_npy, npy_bytes, output_name, plan
+from compress.files import Job, Writer, output_name, plan
+from compress.format import MAX_FRAMES
+from models.npy import load_npy, npy_bytes
 from models.atomic import atomic_write, check_writable
+
+
+def read_npy(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """The compressor's reading of a token file."""
+    return load_npy(data, source, CompressError, MAX_FRAMES)
 
 
 def npy_file(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
@@ -34,7 +41,7 @@ def test_every_npy_version_comes_back_byte_identical(version, fortran):
     array = np.random.default_rng(0).integers(0, 1024, size=(3, 8, 16)).astype(">u2")
     array = np.asfortranarray(array) if fortran else array
     data = npy_file(array, version)
-    loaded, found = load_npy(data, "x.npy")
+    loaded, found = read_npy(data, "x.npy")
     assert found == version and np.isfortran(loaded) == fortran and (loaded == array).all()
     assert npy_bytes(loaded, found) == data
 
@@ -51,7 +58,7 @@ def test_version_1_0_is_exactly_what_np_save_writes():
 def test_a_header_claiming_a_huge_array_fails_fast_without_allocating(shape, message):
     start = time.perf_counter()
     with pytest.raises(CompressError, match=message):
-        load_npy(forged_npy(shape, data=b"\0" * 4), "big.npy")
+        read_npy(forged_npy(shape, data=b"\0" * 4), "big.npy")
     assert time.perf_counter() - start < 0.1
 
 
@@ -64,7 +71,7 @@ def test_a_header_claiming_a_huge_array_fails_fast_without_allocating(shape, mes
 ])
 def test_files_that_are_not_npy_say_so(data, message):
     with pytest.raises(CompressError, match=message):
-        load_npy(data, "x.npy")
+        read_npy(data, "x.npy")
 
 
 @pytest.mark.parametrize("array, message", [
@@ -79,12 +86,12 @@ def test_arrays_that_are_not_token_segments_are_refused_with_their_values(array,
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=True)
     with pytest.raises(CompressError, match=message):
-        load_npy(buffer.getvalue(), "x.npy")
+        read_npy(buffer.getvalue(), "x.npy")
 
 
 def test_trailing_data_after_the_array_is_refused():
     with pytest.raises(CompressError, match="holds 257 bytes"):
-        load_npy(npy_file(np.zeros((1, 128), np.int16)) + b"\0", "x.npy")
+        read_npy(npy_file(np.zeros((1, 128), np.int16)) + b"\0", "x.npy")
 
 
 @pytest.mark.parametrize("name, decoding, expected", [
