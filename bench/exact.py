@@ -104,7 +104,7 @@ def speed(model: models.GPT, windows_: np.ndarray, batch: int) -> None:
     print(f"score, {rows} windows x {length} tokens: float32 {rows * length / t_float:,.0f} tokens/s, "
           f"exact {rows * length / t_exact:,.0f} tokens/s; exact, logits of positions {CODED_FROM}.. only "
           f"(a coder's frame): {rows * length / t_coded:,.0f} window tokens/s")
-    for step_rows in STEP_ROWS:
+    for step_rows in (r for r in STEP_ROWS if r <= rows):  # each step row is one of the windows
         prompt, count = tokens[:step_rows, :129], 32
         ones = torch.ones(step_rows, dtype=torch.int32)
         runner.forward(prompt, torch.zeros(step_rows, dtype=torch.int32), ones * 129)

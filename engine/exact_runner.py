@@ -152,6 +152,9 @@ class ExactRunner:
             raise EngineError(f"batch of {rows} rows exceeds max_batch={self.max_batch}")
         if chunk < 1:
             raise EngineError("tokens need at least one position per row")
+        if start.shape != (rows,) or query_lens.shape != (rows,):
+            raise EngineError(f"start and query_lens must be [{rows}], one per row of tokens, "
+                              f"got {list(start.shape)} and {list(query_lens.shape)}")
         starts, lens = start.tolist(), query_lens.tolist()
         if min(starts, default=0) < 0 or min(lens, default=0) < 0 or max(lens, default=0) > chunk:
             raise EngineError("start and query_lens must be >= 0 and query_lens <= chunk length")

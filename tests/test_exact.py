@@ -226,6 +226,8 @@ def test_bad_input_raises(runner: ExactRunner) -> None:
         runner.forward(good, lens(256), lens(4))
     with pytest.raises(EngineError, match="fresh"):
         runner.forward(good, lens(3), lens(4), fresh=True)
+    with pytest.raises(EngineError, match="one per row"):  # more positions than rows of tokens
+        runner.forward(good, lens(0, 0), lens(4, 4))
     with pytest.raises(EngineError, match="tokens per row"):
         score(runner, torch.zeros(1, 259, dtype=torch.int64))
     with pytest.raises(EngineError, match="first"):
