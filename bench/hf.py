@@ -9,7 +9,6 @@ turns them on by default) is told they are off (`USE_HUB_KERNELS=NO`).
 from __future__ import annotations
 
 import os
-
 from types import ModuleType
 
 

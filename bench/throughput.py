@@ -11,7 +11,6 @@ Timings on shared cores swing: each configuration runs `--repeat` times, alterna
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 
 from bench.compress import cpu_name
 from compress import CodecParams, default_engine, encode_many, read_header
-from compress.parallel import decode_in_processes
+from compress.parallel import decode_in_processes, usable_cpus
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{cpu_name()}, {len(os.sched_getaffinity(0))} usable CPUs, 1 torch thread, "
+    print(f"{cpu_name()}, {usable_cpus()} usable CPUs, 1 torch thread, "
           f"torch {torch.__version__}")
     engine = default_engine()
     tokens = np.load(args.path).reshape(-1, 128).astype(np.int64)

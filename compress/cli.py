@@ -149,7 +149,8 @@ def run_encode(args: argparse.Namespace, writer: Writer) -> None:
     writer.prepare(work, inputs, args.force)
     jobs: list[Job] = work.jobs
     if not args.dataset:
-        arrays, versions = map(list, zip(*(load_npy(read_bytes(job.source), job.source, CompressError, MAX_FRAMES) for job in jobs)))
+        loaded = (load_npy(read_bytes(job.source), job.source, CompressError, MAX_FRAMES) for job in jobs)
+        arrays, versions = map(list, zip(*loaded))
     engine = load_engine(args, args.batch)
     window = engine.config.frames_per_window if args.window is None else args.window
     params = CodecParams(window, args.stride, args.lanes, fitted_batch(engine, arrays, args.lanes), args.mixing)

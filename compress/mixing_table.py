@@ -60,10 +60,11 @@ class TableMixer:
         np.copyto(operands[0], model)
         # y = a M + sum_k b_k c_k + (2**SHIFT - a) = a (M - 1) + sum_k b_k c_k + 2**SHIFT, so
         # P = floor(y / 2**SHIFT) before the remainder. A float64 matmul, because numpy's int64
-        # (and int32 * int64) multiplies cost several times more per pass. Exact in float64: c_k(s) <= n_k, and sum_k w_k < 1 by a
-        # margin (1 / (1 + sum e) > 1e-6 for K <= 5) far above the rounding of w and b, so
-        # sum_k b_k n_k < UNIT 2**SHIFT and 0 <= a <= 2**SHIFT; with M <= TOTAL every term is
-        # a nonnegative integer below 2**44 and y < 2**46. Scaled by 2**-SHIFT (exact: a power
+        # (and int32 * int64) multiplies cost several times more per pass. Exact in float64:
+        # c_k(s) <= n_k, and sum_k w_k < 1 by a margin (1 / (1 + sum e) > 1e-6 for K <= 5)
+        # far above the rounding of w and b, so sum_k b_k n_k < UNIT 2**SHIFT and
+        # 0 <= a <= 2**SHIFT; with M <= TOTAL every term is a nonnegative integer below 2**44
+        # and y < 2**46. Scaled by 2**-SHIFT (exact: a power
         # of two), every partial sum, in whatever order and grouping the matmul adds (FMA or
         # not), is a multiple of 2**-SHIFT below 2**26: 46 significant bits, exact in float64.
         # So the matmul returns y / 2**SHIFT >= 0 exactly, and converting to int64 truncates:

@@ -30,9 +30,17 @@ Progress = Callable[[int], None]
 _progress_queue: multiprocessing.Queue | None = None  # a worker's channel to the parent
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one: Linux; macOS and
+    Windows have no `os.sched_getaffinity`)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_jobs() -> int:
     """One worker per usable CPU, at most MAX_DEFAULT_JOBS."""
-    return max(1, min(MAX_DEFAULT_JOBS, len(os.sched_getaffinity(0))))
+    return max(1, min(MAX_DEFAULT_JOBS, usable_cpus()))
 
 
 def decode_all(files: list[bytes], headers: list[Header], model: str | None, batch: int | None,

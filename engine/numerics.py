@@ -17,8 +17,8 @@ import torch
 from .errors import EngineError
 
 MODES = ("float", "exact")
-# The exact mode's arithmetic (`exact_ops`, `exact_attention`, `quantize`): bump it with any change that could
-# move a bit of its logits. A file records it; the integers' fingerprint records the weights.
+# The exact mode's arithmetic (`exact_ops`, `exact_attention`, `quantize`): bump it with any
+# change that could move a bit of its logits. A file records it; the integers' fingerprint records the weights.
 EXACT_VERSION = 1
 BACKENDS = ("torch", "triton")
 DEVICES = ("cpu", "cuda")

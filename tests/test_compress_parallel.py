@@ -5,7 +5,7 @@ import torch
 
 from compress.cli import main
 from compress.format import MAX_BATCH
-from compress.parallel import tasks
+from compress.parallel import default_jobs, tasks
 from models import GPT, GPTConfig, save_pretrained
 
 
@@ -60,3 +60,12 @@ def test_a_workers_error_is_one_line_and_leaves_no_output(tmp_path, model_dir, c
 def test_jobs_are_bounded(tmp_path, capsys):
     assert main(["decode", str(tmp_path / "x.cvq"), "--jobs", "0"]) == 1
     assert "--jobs must be 1..64" in capsys.readouterr().err
+
+
+def test_default_jobs_without_cpu_affinity(monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: the CLI must still build its options."""
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert default_jobs() == 3
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert default_jobs() == 1
