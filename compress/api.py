@@ -17,7 +17,8 @@ from .coder import PRECISION, TokenDecoder
 from .errors import CompressError, CorruptFileError, ModelMismatchError, TokenChecksumError, UnsupportedFormatError
 from .format import CODED, MAX_BATCH, RAW, TABLES, Header, lane_bounds, pack, pack_raw, raw_length, unpack, unpack_raw
 from .frequencies import TABLES_VERSION, TOTAL
-from .lanes import DEFAULT_LANES, CodecParams, Progress, Segment, check_params, encode_teacher_forced, run_lockstep
+from .lanes import DEFAULT_LANES, CodecParams, Progress, Segment, check_params, encode_teacher_forced
+from .lockstep import run_lockstep
 from .mixing import MixerConfig
 
 DEFAULT_MAX_BATCH = 8  # float numerics: streams per call (every row costs time on the CPU)

@@ -1,8 +1,9 @@
 """Range coding of token streams under integer frequency tables (see `frequencies.py`).
 
-A table is handed to constriction's range coder as the float weights `frequency - 1`, which
+A table is handed to constriction's range encoder as the float weights `frequency - 1`, which
 its fast (`perfect=False`) quantizer maps back to exactly `frequency`: with weights summing
-to `TOTAL - symbols` its scale is exactly 1 and all sums are exact.
+to `TOTAL - symbols` its scale is exactly 1 and all sums are exact. Decoding is ours
+(`range_decoder`, compiled), which reads the integer tables directly.
 
 Lanes decoded in lockstep share one stream, interleaved in a fixed order (`interleaved_rows`:
 at each step, the lanes still running, in lane order), so a decoder step is one `decode` call
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 import constriction
 import numpy as np
 
+from . import range_decoder
 from .errors import CompressError, ModelMismatchError
 from .frequencies import PRECISION, TOTAL, frequencies
 
@@ -73,16 +75,26 @@ class TokenEncoder:
 
 
 class TokenDecoder:
-    """Inverse of `TokenEncoder`: one call decodes a token per table row, e.g. one per
-    active lane of an interleaved stream."""
+    """Inverse of `TokenEncoder` (`range_decoder`, compiled): one call decodes a token per
+    table row, e.g. one per active lane of an interleaved stream."""
 
     def __init__(self, words: np.ndarray) -> None:
-        self._coder = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
+        self.words = np.ascontiguousarray(words, dtype=np.uint32)
+        self.state = np.empty(4, dtype=np.uint64)  # range_decoder's state, advanced in place
+        range_decoder.start(self.words, self.state)
 
     def decode(self, freq: np.ndarray) -> np.ndarray:
         """The next tokens, one per row of `freq` [n, symbols]."""
-        try:
-            return self._coder.decode(CATEGORICAL, _weights(freq)).astype(np.int64)
-        except Exception as exc:  # constriction reports invalid streams with assorted types
-            raise ModelMismatchError(f"the range decoder failed on an intact payload ({exc}): "
-                                     "the model or numerics differ from the encoder's") from exc
+        freq = np.asarray(freq)
+        if freq.ndim != 2 or freq.dtype.kind not in "iu":
+            raise CompressError(f"frequency tables must be integer [n, symbols], got {freq.dtype} {freq.shape}")
+        out = np.empty(len(freq), dtype=np.int64)
+        if range_decoder.decode_rows(np.ascontiguousarray(freq, dtype=np.int64), self.state, self.words, out) >= 0:
+            raise mismatch()
+        return out
+
+
+def mismatch() -> ModelMismatchError:
+    """What a decoder raises when an intact payload does not decode under its tables."""
+    return ModelMismatchError("the range decoder failed on an intact payload: "
+                              "the model or numerics differ from the encoder's")

@@ -13,7 +13,7 @@ context was seen (log2 buckets of n_k); a context never seen gets no weight. The
 learn online by gradient ascent on log P.
 
 Exactness: the table is built from per-position integer coefficients by exact arithmetic
-(`mixing_table.py`), and all learning runs in fixed point with integer sums. The few
+(`table_kernels.mix_rows`), and all learning runs in fixed point with integer sums. The few
 float64 values are elementwise IEEE basic operations (+ - * /) in a fixed order, so every
 machine gets the same bits; exp comes from a table built by repeated multiplication, never libm.
 
@@ -38,7 +38,7 @@ from models.tokens import FRAME_TOKENS as FRAME
 
 from .errors import CompressError
 from .frequencies import SYMBOLS, TOTAL  # the coder's contract: tables sum to TOTAL, every symbol >= 1
-from .mixing_table import TableMixer
+from .table_kernels import mix_rows, record_rows
 
 WIDTH = FRAME_SHAPE[1]  # cells per row of the 8x16 grid
 V_BITS = 16  # fixed-point bits of the learned logits v
@@ -117,8 +117,8 @@ class ContextMixer:
         self._set = np.zeros((lanes, FRAME, k), dtype=np.int64)
         self._terms = np.zeros((lanes, FRAME, 1 + 2 * k), dtype=np.float64)
         self._last: tuple | None = None  # the last predict's rows, position and parts
-        self._all, self._which = np.arange(lanes), np.arange(k)
-        self._table = TableMixer(self._counts.reshape(-1, SYMBOLS), k)
+        self._all = np.arange(lanes)
+        self._kinds = np.array([CONTEXTS.index(c) for c in config.contexts])  # `table_kernels` codes
 
     def _rows(self, rows: np.ndarray | None, batch: int) -> np.ndarray:
         if rows is None and batch == self.lanes:
@@ -146,34 +146,32 @@ class ContextMixer:
                 out[:, k] = np.arange(FRAME)
         return out
 
-    def _mix(self, rows: np.ndarray, context: np.ndarray, model: np.ndarray) -> tuple:
-        """Mixed tables [N, 1024] for N (lane, context symbols [K]) with model tables [N, 1024]."""
-        if model.shape[-1] != SYMBOLS or model.dtype.kind not in "iu":
-            raise CompressError(f"model tables must be integer [..., {SYMBOLS}], got {model.dtype} {model.shape}")
-        # Tables from `frequencies.frequency_tables` are valid by construction, as `TableMixer`
-        # requires; checking each row again would cost passes over [N, 1024], this stage's time.
-        group = self._group[rows][:, None]
-        flat = group * self._counts.shape[1] + context + self._offset  # rows of the flat count table
-        n = self._seen.reshape(-1)[flat]
-        seen = n > 0  # a context never seen, or none, gets no weight
-        sets = np.where(seen, np.minimum(np.frexp(n + 1.0)[1] - 1, self.config.buckets - 1), -1)
-        logit = self._v[group, self._which, np.maximum(sets, 0)]
-        e = np.where(seen, EXP[(logit >> (V_BITS - TABLE_STEP)) + (V_LIMIT >> TABLE_STEP)], 0.0)
-        denominator = np.ones(len(rows))
-        for k in range(e.shape[1]):  # float additions in a fixed order
-            denominator = denominator + e[:, k]
-        w = e / denominator[:, None]
-        freq, counts = self._table(model, flat, w, n, self.config.prior)
-        return freq, model, counts, n, sets, w
+    def _mix(self, lanes: np.ndarray, cells: np.ndarray, frame_rows: np.ndarray, current: np.ndarray,
+             model: np.ndarray) -> tuple:
+        """Mixed tables [N, 1024] for N (lane, cell) rows, the cells' frames so far in
+        current[frame_rows] and model tables [N, 1024]; and what `_record` needs of them."""
+        if model.shape[-1] != SYMBOLS or model.dtype.kind not in "iu" or model.ndim != 2:
+            raise CompressError(f"model tables must be integer [N, {SYMBOLS}], got {model.dtype} {model.shape}")
+        # Tables from `frequencies.frequency_tables` are valid by construction, as the table
+        # arithmetic requires; checking each row again would cost passes over [N, 1024].
+        model = np.ascontiguousarray(model, dtype=np.int64)
+        rows, k = len(lanes), len(self._kinds)
+        freq = np.empty((rows, SYMBOLS), dtype=np.int64)
+        flat, n, sets = (np.empty((rows, k), dtype=np.int64) for _ in range(3))
+        w = np.empty((rows, k), dtype=np.float64)
+        mix_rows(model, lanes, cells, frame_rows, current, *self.kernel_arrays()[:13], freq, flat, n, sets, w)
+        return freq, model, flat, n, sets, w
 
-    def _record(self, rows, cells, tokens, freq, model, counts, n, sets, w) -> None:
-        pick = np.arange(len(rows))
-        m = model[pick, tokens] / TOTAL
-        prior = self.config.prior
-        q = (counts[:, pick, tokens].T + prior * m[:, None]) / (n + prior)
-        self._token[rows, cells] = tokens
-        self._set[rows, cells] = sets
-        self._terms[rows, cells] = np.concatenate([(freq[pick, tokens] / TOTAL)[:, None], w, q], axis=1)
+    def _record(self, lanes, cells, tokens, freq, model, flat, n, sets, w) -> None:
+        record_rows(lanes, cells, tokens, freq, model, self._counts.reshape(-1, SYMBOLS), flat, n, sets, w,
+                    self.config.prior, self._token, self._set, self._terms)
+
+    def kernel_arrays(self) -> tuple:
+        """What `frame_kernel.decode_frame` mixes and records with, as `mix_rows` and
+        `record_rows` take it; valid until the next `end_frame` (which replaces v)."""
+        return (self._prev, self._group, self._kinds, WIDTH, self._offset, self._seen.reshape(-1), self._v,
+                self._counts.reshape(-1, SYMBOLS), self.config.prior, self.config.buckets, EXP,
+                V_BITS - TABLE_STEP, V_LIMIT >> TABLE_STEP, self._token, self._set, self._terms)
 
     def predict(self, position: int, model_freq: np.ndarray, partial_frame: np.ndarray,
                 rows: np.ndarray | None = None) -> np.ndarray:
@@ -186,16 +184,27 @@ class ContextMixer:
             raise CompressError(f"expected model_freq [B, {SYMBOLS}] and partial_frame [B, {FRAME}]")
         rows = self._rows(rows, len(model_freq))
         current = _tokens(partial_frame, (len(rows), FRAME), position)
-        parts = self._mix(rows, self._contexts(rows, current)[:, :, position], model_freq)
-        self._last = (rows, position, parts)
+        return self.predict_step(position, model_freq, current, rows, self._all[: len(rows)])
+
+    def predict_step(self, position: int, model_freq: np.ndarray, frames: np.ndarray, rows: np.ndarray,
+                     frame_rows: np.ndarray) -> np.ndarray:
+        """`predict` for a trusted caller (the decoder's loop: no checks, no copies): lanes
+        `rows` (distinct, int64), their frames so far in frames[frame_rows] (int64 [*, 128])."""
+        cells = np.full(len(rows), position, dtype=np.int64)
+        parts = self._mix(rows, cells, frame_rows, frames, model_freq)
+        self._last = (rows, position, cells, parts)
         return parts[0]
 
     def observe(self, position: int, tokens: np.ndarray) -> None:
         """Decoder: the tokens just decoded at `position` with the last `predict`'s tables."""
         if self._last is None or self._last[1] != position:
             raise CompressError(f"observe({position}) must follow predict({position})")
-        rows, _, parts = self._last
-        self._record(rows, position, _tokens(tokens, (len(rows),)), *parts)
+        self.observe_step(_tokens(tokens, (len(self._last[0]),)))
+
+    def observe_step(self, tokens: np.ndarray) -> None:
+        """`observe` for a trusted caller: the last `predict_step`'s tokens, int64 [B]."""
+        rows, _, cells, parts = self._last
+        self._record(rows, cells, tokens, *parts)
         self._last = None
 
     def predict_frame(self, model_freq: np.ndarray, frames: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -206,11 +215,10 @@ class ContextMixer:
         batch = len(model_freq)
         rows = self._rows(rows, batch)
         frames = _tokens(frames, (batch, FRAME))
-        contexts = self._contexts(rows, frames).transpose(0, 2, 1).reshape(batch * FRAME, -1)
-        lane_rows, cells = np.repeat(rows, FRAME), np.tile(np.arange(FRAME), batch)
-        self._last = None  # its parts share the work arrays this call overwrites
-        parts = self._mix(lane_rows, contexts, model_freq.reshape(-1, SYMBOLS))
-        self._record(lane_rows, cells, frames.reshape(-1), *parts)
+        lanes, cells = np.repeat(rows, FRAME), np.tile(np.arange(FRAME), batch)
+        self._last = None
+        parts = self._mix(lanes, cells, np.repeat(np.arange(batch), FRAME), frames, model_freq.reshape(-1, SYMBOLS))
+        self._record(lanes, cells, frames.reshape(-1), *parts)
         return parts[0].reshape(batch, FRAME, SYMBOLS)
 
     def end_frame(self, frames: np.ndarray, rows: np.ndarray | None = None) -> None:

@@ -128,7 +128,7 @@ class Streams:
             want = ", ".join("L" if s is None else str(s) for s in shape)
             raise EngineError(f"tokens must have shape [{want}], got {list(tokens.shape)}")
         if tokens.device.type == "cpu" and tokens.numel():
-            low, high = int(tokens.min()), int(tokens.max())
+            low, high = (int(t) for t in torch.aminmax(tokens))
             if low < 0 or high >= self.spec.vocab_size:
                 raise EngineError(f"token values must be in 0..{self.spec.vocab_size - 1}, got {low}..{high}")
         return tokens.to(device=self.spec.device, dtype=torch.int64)

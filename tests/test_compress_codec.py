@@ -16,7 +16,8 @@ import compress
 from compress import CodecParams, CompressError, CorruptFileError, ModelMismatchError, UnsupportedFormatError
 from compress.coder import TokenEncoder
 from compress.format import PREFIX, RAW, VERSION, pack, raw_length, unpack
-from compress.lanes import Segment, encode_teacher_forced, run_lockstep
+from compress.lanes import Segment, encode_teacher_forced
+from compress.lockstep import run_lockstep
 from engine import Engine
 from models import GPT, GPTConfig, save_pretrained
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from compress.coder import TokenDecoder, TokenEncoder, code_length
 from compress.errors import CompressError
 from compress.mixing import CONTEXTS, EXP, FRAME, SYMBOLS, TOTAL, ContextMixer, MixerConfig
-from compress.mixing_table import SHIFT, UNIT, TableMixer
+from compress.table_kernels import SHIFT, UNIT, mix_rows
 
 FAST = MixerConfig(lr=1, lr_shift=0)  # a large step, so the weights move in a few frames
 
@@ -90,8 +90,9 @@ def reference_table(model: np.ndarray, counts: np.ndarray, w: np.ndarray, n: np.
        scale=st.sampled_from([4, 1 << 12, (1 << 31) - 1]), prior=st.sampled_from([2.0**-10, 1.0, 16.0, 1e6]))
 def test_table_arithmetic_matches_the_integer_reference(seed: int, rows: int, k: int, scale: int,
                                                         prior: float) -> None:
-    """The float64 matmul is exact up to the bounds: peaked and flat model tables, counts up
-    to int32's limit, one symbol or many, logits anywhere in [-12, 12] (or unseen)."""
+    """`mix_rows` against plain int64 arithmetic: peaked and flat model tables, counts up to
+    int32's limit, one symbol or many, logits anywhere in [-12, 12] (or unseen), each
+    context kind looking up its own count row."""
     rng = np.random.default_rng(seed)
     model = model_tables(rng, (rows,))
     model[0] = 1
@@ -102,15 +103,30 @@ def test_table_arithmetic_matches_the_integer_reference(seed: int, rows: int, k:
         one_symbol = np.eye(SYMBOLS)[rng.integers(SYMBOLS)]
         spread = rng.dirichlet(np.full(SYMBOLS, 0.05)) if rng.random() < 0.7 else one_symbol
         counts[i, j] = rng.multinomial(n[i, j], spread)
-    e = np.where(n > 0, EXP[rng.integers(0, len(EXP), size=(rows, k))], 0.0)
+    # Context "cell" (kind 4) of cell r selects count row offset_k + r: row r's own counts.
+    offset = np.arange(k) * rows
+    seen = np.zeros(rows * k + 1, dtype=np.int64)
+    seen[(offset[None, :] + np.arange(rows)[:, None]).reshape(-1)] = n.reshape(-1)
+    table = counts.transpose(1, 0, 2).reshape(rows * k, SYMBOLS)
+    # One group; logits per context and bucket s = floor(log2(n + 1)) (capped at 31).
+    v = rng.integers(-(12 << 16), 12 << 16, size=(1, k, 32), endpoint=True)
+    sets = np.minimum(np.floor(np.log2(n + 1.0)).astype(np.int64), 31)
+    e = np.where(n > 0, EXP[(v[0, np.arange(k), sets] >> 8) + len(EXP) // 2], 0.0)
     denominator = np.ones(rows)
     for j in range(k):  # the mixer's order
         denominator = denominator + e[:, j]
     w = e / denominator[:, None]
-    mixer = TableMixer(counts.reshape(-1, SYMBOLS), k)
-    freq, read = mixer(model, np.arange(rows * k).reshape(rows, k), w, n, prior)
+    freq = np.empty((rows, SYMBOLS), dtype=np.int64)
+    flat, got_n, got_sets = (np.empty((rows, k), dtype=np.int64) for _ in range(3))
+    got_w = np.empty((rows, k))
+    lanes = np.arange(rows)
+    mix_rows(model, lanes, lanes, lanes, np.zeros((rows, 128), dtype=np.int64), np.zeros((rows, 2, 128), dtype=np.int64),
+             np.zeros(rows, dtype=np.int64), np.full(k, 4), 16, offset, seen, v, table, prior, 32, EXP, 8, len(EXP) // 2,
+             freq, flat, got_n,
+             got_sets, got_w)
+    assert np.array_equal(got_n, n) and np.array_equal(got_w, w) and np.array_equal(got_sets, np.where(n > 0, sets, -1))
+    assert np.array_equal(flat, offset[None, :] + lanes[:, None])
     assert freq.dtype == np.int64 and np.array_equal(freq, reference_table(model, counts, w, n, prior))
-    assert np.array_equal(read, counts.transpose(1, 0, 2))
     assert (freq >= 1).all() and (freq.sum(axis=1) == TOTAL).all()
 
 

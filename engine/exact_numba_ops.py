@@ -1,0 +1,161 @@
+"""The per-row operations of exact numerics (`exact_ops`, `exact_attention`) as numba
+functions, for the compiled forward pass (`exact_numba`): the same IEEE basic operations on
+the same dtypes in the same order, integer dot products accumulated exactly. Each mirrors
+the torch function its docstring names."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .quantize import QMAX, TINY
+
+F32, F64 = np.float32, np.float64
+QMAX32, TINY32, ONE32 = F32(QMAX), F32(TINY), F32(1.0)
+LN_ONE32 = F32(2.0**20)  # exact_ops.LN_BITS
+GELU_SCALE32 = F32(2.0**10)  # exact_ops.GELU_STEP_BITS
+GELU_LIMIT = 8 * 2**10  # exact_ops.GELU_RANGE * 2**GELU_STEP_BITS
+
+
+@njit(cache=True)
+def abs_max(x):
+    """max |x| (NaN if x holds one, as torch's amax): on the bit patterns, whose integer order
+    is the order of |x| for non-NaN floats, and NaNs above +inf (an integer max vectorizes)."""
+    bits = x.view(np.int32)
+    top = np.int32(0)
+    for i in range(bits.shape[0]):
+        top = max(top, bits[i] & np.int32(0x7FFFFFFF))
+    return np.array([top], dtype=np.int32).view(np.float32)[0]
+
+
+@njit(cache=True)
+def quantize(x, q, dead_scale):
+    """quantize_rows on one row: q (int8) = round-half-even(x * fl(127 / peak)); returns the
+    scale fl(peak / 127), or `dead_scale` (float32) for a row below TINY."""
+    peak = abs_max(x)
+    if peak >= TINY32:
+        mult = QMAX32 / peak
+        for i in range(x.shape[0]):
+            q[i] = np.int8(np.rint(x[i] * mult))
+        return peak / QMAX32
+    q[:] = 0
+    return dead_scale
+
+
+@njit(cache=True)
+def layer_norm(x, weight, bias, eps_2_40, out):
+    """exact_ops.layer_norm on one row (eps_2_40 = eps * 2**40, a float64)."""
+    width = x.shape[0]
+    peak = abs_max(x)
+    safe = peak if peak >= TINY32 else ONE32
+    factor = LN_ONE32 / safe
+    big = np.empty(width, dtype=np.float64)
+    s1 = F64(0.0)
+    s2 = F64(0.0)
+    for i in range(width):
+        b = F64(np.rint(x[i] * factor))
+        big[i] = b
+        s1 += b
+        s2 += b * b
+    count = F64(width)
+    mean = s1 / count
+    var = s2 / count - mean * mean
+    if var < 0.0:
+        var = 0.0
+    s = F64(safe)
+    rstd = 1.0 / np.sqrt(var + eps_2_40 / (s * s))
+    for i in range(width):
+        out[i] = F32((big[i] - mean) * rstd) * weight[i] + bias[i]
+
+
+@njit(cache=True)
+def gelu(x, table):
+    """exact_ops.gelu in place: the table entry at the nearest 2**-10 grid point; x > 8 as is."""
+    limit_half = F32(GELU_LIMIT + 0.5)
+    top = F32(2 * GELU_LIMIT)
+    for i in range(x.shape[0]):
+        v = x[i]
+        if v > F32(8.0):
+            continue
+        t = limit_half + v * GELU_SCALE32
+        t = min(max(t, F32(0.0)), top)
+        x[i] = table[np.int32(t)]
+
+
+@njit(cache=True)
+def attend(q, q_scale, cache, scales, pos, table, p_max, out):
+    """exact_attention._attention for one query per head over keys 0..pos of one row's
+    cache (int8 [2, head, position, d], scales [2, head, position]: keys' times key_factor)."""
+    heads, d = q.shape
+    keys = pos + 1
+    last = F32(table.shape[0] - 1)
+    u = np.empty(keys, dtype=np.float32)
+    w = np.empty(keys, dtype=np.float32)
+    acc = np.empty(d, dtype=np.int64)
+    acc32 = np.empty(d, dtype=np.int32)
+    narrow = p_max * QMAX * keys < 2**31
+    pm32, pm64 = F32(p_max), F64(p_max)
+    for h in range(heads):
+        umin = F32(np.inf)
+        for j in range(keys):
+            dot = np.int32(0)
+            for i in range(d):
+                dot += np.int32(q[h, i]) * np.int32(cache[0, h, j, i])
+            uj = F32(dot) * scales[0, h, j]
+            u[j] = uj
+            if uj < umin:
+                umin = uj
+        total = F64(0.0)
+        wmax = F32(-np.inf)
+        for j in range(keys):
+            t = min((u[j] - umin) * q_scale[h], last)
+            e = table[np.int32(t)]
+            total += F64(e)
+            wj = e * scales[1, h, j]
+            w[j] = wj
+            if wj > wmax:
+                wmax = wj
+        if not wmax > F32(0.0):
+            wmax = ONE32
+        mult = pm32 / wmax
+        if narrow:  # sum P V fits int32 (p_max 127 keys < 2**31): the faster multiplies
+            acc32[:] = 0
+            for j in range(keys):
+                p32 = np.int32(np.rint(w[j] * mult))
+                for i in range(d):
+                    acc32[i] += p32 * np.int32(cache[1, h, j, i])
+            for i in range(d):
+                acc[i] = acc32[i]
+        else:
+            acc[:] = 0
+            for j in range(keys):
+                p = np.int64(np.rint(w[j] * mult))
+                for i in range(d):
+                    acc[i] += p * np.int64(cache[1, h, j, i])
+        factor = F64(wmax) / (total * pm64)
+        for i in range(d):
+            out[h * d + i] = F32(F64(acc[i]) * factor)
+
+
+@njit(cache=True)
+def linear_rows(x, q, w, scale, bias, has_bias, out):
+    """exact_ops.linear on rows x [M, K] -> out [M, N]: out = ((float(q . w_j) * x_scale) *
+    scale_j) + bias_j, the integer dots first (each weight row read once for all M), then the
+    float32 products in a separate pass."""
+    rows, n = x.shape[0], w.shape[0]
+    xs = np.empty(rows, dtype=np.float32)
+    acc = np.empty((rows, n), dtype=np.int32)
+    for m in range(rows):
+        xs[m] = quantize(x[m], q[m], F32(0.0))
+    for j in range(n):
+        for m in range(rows):
+            dot = np.int32(0)
+            for i in range(w.shape[1]):
+                dot += np.int32(q[m, i]) * np.int32(w[j, i])
+            acc[m, j] = dot
+    for m in range(rows):
+        if has_bias:
+            for j in range(n):
+                out[m, j] = (F32(acc[m, j]) * xs[m]) * scale[j] + bias[j]
+        else:
+            for j in range(n):
+                out[m, j] = (F32(acc[m, j]) * xs[m]) * scale[j]

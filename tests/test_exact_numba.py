@@ -1,0 +1,108 @@
+"""The compiled exact forward pass (`engine.exact_numba`) against the torch ops it replaces on
+the CPU: the same logits and the same KV cache, bit for bit, for prefills of any lengths,
+continued chunks and steps, on the shipped model and on random models whose shapes take the
+other branches (int64 attention sums, no biases, several layers)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from engine.errors import EngineError
+from engine.exact_runner import ExactRunner
+
+MINUTE = models.DEFAULT_MODEL_DIR.parents[1].parent / "shared" / "data" / "train" / "3b41c0fa8959aea6c118e5714f412a2e_13.npy"
+
+
+def random_model(seed: int, **config) -> models.GPT:
+    torch.manual_seed(seed)
+    model = models.GPT(models.GPTConfig(**config)).eval()
+    with torch.no_grad():  # larger, varied weights than the initializer's: wider activations
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model
+
+
+MODELS = {
+    "shipped": lambda: models.load_pretrained(models.DEFAULT_MODEL_DIR).float().eval(),
+    # n_positions 2580: sum P V needs int64 (and float64 in torch), 2 heads of 24, 3 layers
+    "wide": lambda: random_model(1, n_positions=2580, n_layer=3, n_head=2, n_embd=48, n_inner=80),
+    "one head": lambda: random_model(2, n_positions=258, n_layer=1, n_head=1, n_embd=16, n_inner=16),
+}
+
+
+def frames(count: int, seed: int) -> np.ndarray:
+    if MINUTE.exists():
+        data = np.load(MINUTE).reshape(-1, 128).astype(np.int64)
+        return data[seed * 7 : seed * 7 + count]
+    return np.random.default_rng(seed).integers(0, 1024, (count, 128))
+
+
+def torch_forward(runner: ExactRunner, tokens, start, lens) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    limit, runner.compiled_max_rows = runner.compiled_max_rows, 0
+    try:
+        logits = runner.forward(torch.from_numpy(tokens), torch.from_numpy(start).int(), torch.from_numpy(lens).int())
+    finally:
+        runner.compiled_max_rows = limit
+    return logits.numpy(), runner.kv.clone(), runner.kv_scale.clone()
+
+
+def compiled_forward(runner: ExactRunner, tokens, start, lens) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    logits = np.empty((len(tokens), runner.config.vocab_size), dtype=np.float32)
+    assert runner.compiled(tokens, start, lens, logits) == 0
+    return logits, runner.kv.clone(), runner.kv_scale.clone()
+
+
+def assert_same(a, b, rows: np.ndarray) -> None:
+    """Logits of the rows that fed tokens, and the whole cache, bit for bit."""
+    assert np.array_equal(a[0][rows].view(np.int32), b[0][rows].view(np.int32))
+    assert torch.equal(a[1], b[1]) and torch.equal(a[2].view(torch.int32), b[2].view(torch.int32))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_compiled_forward_equals_the_torch_ops(name: str) -> None:
+    runner = ExactRunner(MODELS[name](), max_batch=4)
+    assert runner.compiled is not None
+    positions, rows = runner.config.n_positions, 4
+    rng = np.random.default_rng(0)
+    prompt = np.full((rows, 130), 1024, dtype=np.int64)
+    prompt[:, 1:129] = frames(rows, seed=len(name))
+    lens = np.array([130, 77, 1, 0])  # a padding row too
+    state = (runner.kv.clone(), runner.kv_scale.clone())
+
+    def both(tokens, start, lens) -> None:
+        runner.kv.copy_(state[0]), runner.kv_scale.copy_(state[1])
+        reference = torch_forward(runner, tokens, start, lens)
+        runner.kv.copy_(state[0]), runner.kv_scale.copy_(state[1])
+        assert_same(reference, compiled_forward(runner, tokens, start, lens), np.flatnonzero(lens))
+
+    start = np.zeros(rows, dtype=np.int64)
+    both(prompt, start, lens)
+    state = (runner.kv.clone(), runner.kv_scale.clone())
+    start = lens.copy()
+    chunk = rng.integers(0, 1024, (rows, 9))
+    both(chunk, start, np.array([9, 3, 9, 9]))  # continued chunks of other lengths
+    for position in (int(start.max()), positions - 1):
+        step = rng.integers(0, 1025, (rows, 1))
+        both(step, np.minimum(start, position), np.ones(rows, dtype=np.int64))
+        both(step, np.full(rows, position), np.ones(rows, dtype=np.int64))  # lockstep, up to the last position
+
+
+def test_steps_of_the_runner_take_the_compiled_path_and_check_their_input() -> None:
+    runner = ExactRunner(MODELS["one head"](), max_batch=2)
+    calls = []
+    compiled = runner.compiled
+    runner.compiled = lambda *args: calls.append(1) or compiled(*args)
+    one = torch.ones(2, dtype=torch.int32)
+    runner.forward(torch.full((2, 3), 1024), torch.zeros(2, dtype=torch.int32), 3 * one, fresh=True)
+    runner.forward(torch.tensor([[5], [6]]), 3 * one, one)
+    assert calls == [1]  # the step, not the prefill (torch's int8 GEMMs are faster there)
+    cache = runner.kv.clone()
+    with pytest.raises(EngineError, match="token ids"):
+        runner.forward(torch.tensor([[5], [1025]]), 4 * one, one)
+    with pytest.raises(EngineError, match="n_positions"):
+        runner.forward(torch.tensor([[5], [6]]), torch.tensor([4, 258], dtype=torch.int32), one)
+    with pytest.raises(EngineError, match="query_lens"):
+        runner.forward(torch.tensor([[5], [6]]), 4 * one, 2 * one)
+    assert torch.equal(runner.kv, cache)  # a refused call writes nothing
