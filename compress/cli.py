@@ -18,7 +18,7 @@ from .lanes import DEFAULT_LANES, CodecParams
 from .errors import CompressError
 from .files import STDIO, Job, Writer, into_directory, plan, read_bytes
 from .format import MAX_BATCH, MAX_FRAMES, MAX_LANES, PREFIX, RAW, repack
-from .parallel import MAX_DEFAULT_JOBS, decode_in_processes, default_jobs
+from .parallel import MAX_DEFAULT_JOBS, decode_in_processes, default_jobs, usable_cpus
 
 PROG = "python -m compress"
 # torch crashes on absurd thread counts (100000 segfaults); no CPU coder gains from more.
@@ -39,9 +39,10 @@ def build_parser() -> Parser:
     # Only the encoder chooses numerics; the decoder rebuilds them from the file's header.
     common.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu); decoding a "
                                          "float-numerics file needs the device kind it was made on")
-    common.add_argument("--threads", type=int, default=1,
-                        help=f"torch CPU threads, 1..{MAX_THREADS} (default: %(default)s); float numerics "
-                             "record it, and their decoder uses the same")
+    common.add_argument("--threads", type=int,
+                        help=f"torch CPU threads, 1..{MAX_THREADS} (default: exact numerics, which do not depend "
+                             "on it: the usable CPUs, shared among the decoding jobs; float numerics: 1, which "
+                             "the file records and its decoder uses)")
     numerics = Parser(add_help=False)
     numerics.add_argument("--numerics", default="exact", choices=("exact", "float"),
                           help="exact: integer arithmetic, files decode on any machine; float: the model's "
@@ -97,9 +98,9 @@ def check_options(args: argparse.Namespace) -> None:
         raise CompressError(f"--batch must be 1..{MAX_BATCH}, got {args.batch}")
     if not 1 <= getattr(args, "jobs", 1) <= MAX_JOBS:
         raise CompressError(f"--jobs must be 1..{MAX_JOBS}, got {args.jobs}")
-    if not 1 <= args.threads <= MAX_THREADS:
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise CompressError(f"--threads must be 1..{MAX_THREADS}, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or (usable_cpus() if getattr(args, "numerics", "exact") == "exact" else 1))
     resolve_device(args.device)  # the engine's EngineError for an unknown or unavailable device
     if getattr(args, "numerics", None) == "exact" and (args.compile or args.backend == "triton"):
         raise CompressError("--compile and --backend triton apply to --numerics float only: "
@@ -176,6 +177,8 @@ def run_decode(args: argparse.Namespace, writer: Writer) -> None:
     writer.prepare(work, inputs, args.force)
     files = [read_bytes(job.source) for job in work.jobs]
     headers = [read_header(data) for data in files]
+    if args.threads is None:  # exact files: the CPUs shared among the processes (float files set their own)
+        torch.set_num_threads(max(1, usable_cpus() // max(1, min(args.jobs, len(files)))))
     with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
         for index, array in decode_in_processes(files, headers, args.model, args.batch, args.device, args.jobs,
                                                 bar.update):

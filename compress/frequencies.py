@@ -46,8 +46,8 @@ SCALE = np.float32((1 << FRACTION_BITS) * LOG2_E)
 CPU_BLOCK_ROWS = 256
 # Up to this many rows, the CPU computes tables in one compiled call (`table_kernels`, the
 # same bits): a decoder's step is 2-3 us a row there against 7-50 us of torch calls; blocks of
-# torch ops are faster per row from about 256 rows on (measured: 1.35 vs 1.9 us).
-COMPILED_MAX_ROWS = 128
+# torch ops are faster per row on the encoder's calls of 128 rows and more (1.35-1.5 vs 2.3 us).
+COMPILED_MAX_ROWS = 64
 
 
 def _exp2(x: np.ndarray) -> np.ndarray:

@@ -107,9 +107,11 @@ def mix_rows(model, lanes, cells, frame_rows, current, prev, groups, kinds, widt
     b_k carrying w_k's counts and a the rest, rounded down so that the remainder TOTAL - sum P
     is >= 0; it goes to the first largest entry. |every term| < 2**47: exact in int64."""
     rows, k = flat.shape
+    symbols = model.shape[1]
     per_group = seen.shape[0] // v.shape[0]
     b = np.empty(k, dtype=np.int64)
     e = np.empty(k, dtype=np.float64)
+    y = np.empty(symbols, dtype=np.int64)
     for r in range(rows):
         lane, cell = lanes[r], cells[r]
         g = groups[lane]
@@ -135,17 +137,21 @@ def mix_rows(model, lanes, cells, frame_rows, current, prev, groups, kinds, widt
             taken += b[c] * n[r, c]
         a = ((np.int64(UNIT) << SHIFT) - taken) // UNIT
         rest = (np.int64(1) << SHIFT) - a
-        used = np.int64(0)
-        best, top = 0, np.int64(-1)
-        for s in range(model.shape[1]):
-            y = a * model[r, s] + rest
-            for c in range(k):
-                y += b[c] * counts[flat[r, c], s]
-            f = y >> SHIFT
+        for s in range(symbols):  # pass by pass over the row, each one vectorized
+            y[s] = a * model[r, s] + rest
+        for c in range(k):
+            row, weight = flat[r, c], b[c]
+            for s in range(symbols):
+                y[s] += weight * counts[row, s]
+        used, top = np.int64(0), np.int64(0)
+        for s in range(symbols):
+            f = y[s] >> SHIFT
             out[r, s] = f
             used += f
-            if f > top:
-                best, top = s, f
+            top = max(top, f)
+        best = 0
+        while out[r, best] != top:  # the first largest entry
+            best += 1
         out[r, best] += TOTAL - used
 
 

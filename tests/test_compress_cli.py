@@ -266,7 +266,7 @@ def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: auto)", "threads, 1..512 (default: 1)", "(default: 1, best rate)", "(default: 8)"):
+    for default in ("(default: auto)", "threads, 1..512 (default: exact numerics", "(default: 1, best rate)", "(default: 8)"):
         assert default in text
 
 
