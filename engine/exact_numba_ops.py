@@ -1,7 +1,12 @@
 """The per-row operations of exact numerics (`exact_ops`, `exact_attention`) as numba
 functions, for the compiled forward pass (`exact_numba`): the same IEEE basic operations on
 the same dtypes in the same order, integer dot products accumulated exactly. Each mirrors
-the torch function its docstring names."""
+the torch function its docstring names.
+
+numba's on-disk cache (`cache=True`) keys a compiled function on its own file only: after
+editing this file, delete the `__pycache__/*.nbi` and `*.nbc` of `exact_numba` too, or its
+cached `forward` keeps the old code (an installed upgrade replaces both files, so both
+recompile)."""
 from __future__ import annotations
 
 import numpy as np
@@ -139,19 +144,22 @@ def attend(q, q_scale, cache, scales, pos, table, p_max, out):
 @njit(cache=True)
 def linear_rows(x, q, w, scale, bias, has_bias, out):
     """exact_ops.linear on rows x [M, K] -> out [M, N]: out = ((float(q . w_j) * x_scale) *
-    scale_j) + bias_j, the integer dots first (each weight row read once for all M), then the
-    float32 products in a separate pass."""
-    rows, n = x.shape[0], w.shape[0]
+    scale_j) + bias_j, the integer dots first, then the float32 products in a separate pass.
+    Rows go in blocks of about 16 KB of int8 activations (in L1 while every weight row passes
+    by: each weight is read once per block, once per call for a step's few rows)."""
+    rows, n, k = x.shape[0], w.shape[0], w.shape[1]
     xs = np.empty(rows, dtype=np.float32)
     acc = np.empty((rows, n), dtype=np.int32)
     for m in range(rows):
         xs[m] = quantize(x[m], q[m], F32(0.0))
-    for j in range(n):
-        for m in range(rows):
-            dot = np.int32(0)
-            for i in range(w.shape[1]):
-                dot += np.int32(q[m, i]) * np.int32(w[j, i])
-            acc[m, j] = dot
+    block = max(1, 16384 // k)
+    for low in range(0, rows, block):
+        for j in range(n):
+            for m in range(low, min(low + block, rows)):
+                dot = np.int32(0)
+                for i in range(k):
+                    dot += np.int32(q[m, i]) * np.int32(w[j, i])
+                acc[m, j] = dot
     for m in range(rows):
         if has_bias:
             for j in range(n):
