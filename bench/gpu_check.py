@@ -9,6 +9,14 @@ every failure is visible, none stops the others. The exit status is the number o
 failed steps (0: all passed). `--dry-run` runs nothing: it checks that every step is a
 well-formed shell command whose `python -m` modules and test files exist.
 
+Packages the device's image lacks travel as wheels in the git-ignored `.whl/` (name it in
+the run's `carry`): the compressor's `constriction` (the image has numba). Here, before the run:
+
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 -d .whl constriction==0.5.0
+
+The first step installs them into `.whl/site`, which every step finds on PYTHONPATH.
+
 Placeholders the coordinator fills in are marked COORDINATOR below.
 """
 from __future__ import annotations
@@ -60,7 +68,8 @@ def find_segment() -> str:
 def default_steps(out: Path) -> list[Step]:
     segment, work = find_segment(), out / "compress"
     return [
-        Step("install", 45, "pip install --no-deps -e . -q"),
+        Step("install", 45, "if ls .whl/*.whl >/dev/null 2>&1; then pip install -q --no-index --no-deps --no-compile "
+                            "--upgrade --target .whl/site .whl/*.whl; fi && pip install --no-deps -e . -q"),
         Step("versions", 20, "python -c 'import torch, triton; print(torch.__version__, triton.__version__, "
                              "torch.version.cuda, torch.cuda.get_device_name())'"),
         Step("nvidia-smi", 10, "nvidia-smi"),
@@ -152,6 +161,7 @@ def main() -> None:
     out = Path(os.environ.get("OUT") or "gpu_results").resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.txt"
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT / ".whl" / "site"), os.environ.get("PYTHONPATH"))))
     failed = run_steps(default_steps(out), results, args.budget, dry_run=args.dry_run)
     print(f"{results}: {'all steps ok' if not failed else 'failed: ' + ', '.join(failed)}")
     sys.exit(len(failed))

@@ -7,7 +7,9 @@ Two table versions; a file records the one it was coded with (format 2: version 
   reference the tests and `bench/` measure version 2 against.
 - version 2, `frequency_tables`: torch, on the logits' device, vectorized over any number of
   rows. exp2 becomes one lookup in a fixed-point table: about a dozen cheap passes over a
-  block of rows (about 5 us per row on one 2-core-VM CPU thread, 5-8x faster than v1).
+  block of rows (1.4-5 us per row on one 2-core-VM CPU thread, 5-8x faster than v1). The
+  decoder's few rows per step take the same arithmetic compiled (`table_kernels`, 2-3 us
+  a row against 7-50 us of torch calls at 1-8 rows).
 
 Both use only integers, lookups and basic IEEE-754 operations (+ - * /, correctly rounded
 everywhere, each a separate elementwise op so no FMA can be contracted), never a library's
@@ -44,10 +46,6 @@ TABLE_SIZE = ((WEIGHT_BITS + 1) << FRACTION_BITS) + 1
 # (max - logit) * SCALE is the index into the table; a float32, so the product rounds once.
 SCALE = np.float32((1 << FRACTION_BITS) * LOG2_E)
 CPU_BLOCK_ROWS = 256
-# Up to this many rows, the CPU computes tables in one compiled call (`table_kernels`, the
-# same bits): a decoder's step is 2-3 us a row there against 7-50 us of torch calls; blocks of
-# torch ops are faster per row on the encoder's calls of 128 rows and more (1.35-1.5 vs 2.3 us).
-COMPILED_MAX_ROWS = 64
 
 
 def _exp2(x: np.ndarray) -> np.ndarray:
@@ -108,12 +106,6 @@ def frequency_tables(logits: torch.Tensor, symbols: int = SYMBOLS) -> torch.Tens
     if not 2 <= symbols <= SYMBOLS:
         raise CompressError(f"symbols must be 2..{SYMBOLS}, got {symbols}")
     out = torch.empty((logits.shape[0], symbols), dtype=torch.int64, device=logits.device)
-    if logits.device.type == "cpu" and logits.shape[0] <= COMPILED_MAX_ROWS:
-        from .table_kernels import frequency_rows  # numba: imported on first use
-
-        if frequency_rows(logits.detach().numpy(), out.numpy()) >= 0:
-            raise CompressError("the model produced NaN or +inf logits")
-        return out
     # On a CPU, blocks of rows whose temporaries stay in cache are about twice as fast.
     block = CPU_BLOCK_ROWS if logits.device.type == "cpu" else max(1, logits.shape[0])
     with torch.no_grad():  # the CPU path hands a temporary to numpy

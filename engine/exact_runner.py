@@ -71,10 +71,8 @@ class ExactRunner:
         # contiguous; a token's k and v are one slice, written in one copy), and their scales
         # [batch, key/value, head, 1, position]: keys' times attn.key_factor, values' as they
         # are. int8 rather than float32 integers: a step reads the whole filled cache, and
-        # converting a quarter of the bytes beat reading float32 (measured, 64 rows: 4.9 vs
-        # 5.6 ms a step; again with a float shadow kept beside the int8 cache and written
-        # incrementally: 2.64-3.23 vs 2.34-2.66 ms, as the freshly converted buffer is still
-        # in cache when the matmuls read it, and a 34 MB shadow is not).
+        # converting a quarter of the bytes beat reading float32, or a float shadow of the
+        # cache (docs/BENCHMARKS.md, 2026-12-06).
         shape = (config.n_layer, max_batch, 2, config.n_head, config.n_positions, config.head_dim)
         self.kv = torch.zeros(shape, dtype=torch.int8, device=device)
         self.kv_scale = torch.zeros(config.n_layer, max_batch, 2, config.n_head, 1, config.n_positions, device=device)
@@ -258,6 +256,6 @@ class ExactRunner:
 
 
 def _compiled_forward(runner: ExactRunner):
-    from .exact_numba import CompiledForward  # numba: imported on first use
+    from .exact_numba import CompiledForward  # numba: imported with the first exact CPU runner
 
     return CompiledForward(runner)
