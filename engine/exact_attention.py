@@ -54,19 +54,28 @@ def attention(
     masked) +inf on keys a query must not see; query row i sees no key beyond last_key + i,
     and key 0 always; `scores`: QK^T if computed already -> float32 [..., Tq, d] (into `out`,
     any strides). Queries go in blocks, each reading keys only up to the last one it may
-    see: the rest would get weight exactly 0."""
+    see: the rest would get weight exactly 0. k and v may instead be the int8 cache itself
+    (the CPU's prefills): QK^T and P V are then int8 matmuls per block (`integer_scores`,
+    `_integer_pv`), the same integers, 5-7x faster at gpt2m's lengths than float bmm."""
     block, tk = ATTENTION_BLOCK, k.shape[-2]
     if q.shape[-2] <= block:  # one block (a decode step): no slicing, every key is read
+        if scores is None and k.dtype == torch.int8:
+            scores = integer_scores(q, k)
         wide = _attention(q, q_scale, k, k_mult, v, v_scale, mask, table, *pv_max, scores)
         return wide.float() if out is None else out.copy_(wide)
     out = torch.empty(q.shape, device=q.device) if out is None else out
     for lo in range(0, q.shape[-2], block):
         keys = min(tk, last_key + lo + block)
         rows = slice(lo, lo + block)
+        if scores is not None:
+            block_scores = scores[..., rows, :keys]
+        elif k.dtype == torch.int8:
+            block_scores = integer_scores(q[..., rows, :], k[..., :keys, :])
+        else:
+            block_scores = None
         out[..., rows, :].copy_(_attention(
             q[..., rows, :], q_scale[..., rows, :], k[..., :keys, :], k_mult[..., :keys], v[..., :keys, :],
-            v_scale[..., :keys], None if mask is None else mask[..., rows, :keys], table, *pv_max,
-            None if scores is None else scores[..., rows, :keys],
+            v_scale[..., :keys], None if mask is None else mask[..., rows, :keys], table, *pv_max, block_scores,
         ))
     return out
 
@@ -119,7 +128,24 @@ def _attention(
     wmax = w.amax(dim=-1, keepdim=True)
     wmax = torch.where(wmax > const_like(0.0, wmax), wmax, const_like(1.0, wmax))
     p = w.mul_(const_like(p_max, wmax) / wmax).round_()
-    p = p if p.dtype == pv_dtype else p.to(pv_dtype)  # even a no-op cast costs a dispatch
-    acc = torch.bmm(p.view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
+    if v.dtype == torch.int8:
+        acc = _integer_pv(p.view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
+    else:
+        p = p if p.dtype == pv_dtype else p.to(pv_dtype)  # even a no-op cast costs a dispatch
+        acc = torch.bmm(p.view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
     # float32 operands promote to float64 inside these ops, exactly (as separate casts would).
     return torch.mul(acc, wmax / total.mul_(const(p_max, torch.float64, total.device)))
+
+
+def _integer_pv(p: Tensor, v: Tensor) -> Tensor:
+    """sum P V for float32 integers 0 <= P < 2**14 [B, Tq, Tk] and int8 v [B, Tk, d] ->
+    float64 [B, Tq, d], exactly: P = 128 hi + lo with hi, lo in 0..127, one int8 matmul of
+    [hi; lo] per matrix (int32 sums below 127**2 Tk), combined in float64 (below 2**53)."""
+    b, tq, tk = p.shape
+    digits = p.to(torch.int32)
+    stacked = torch.cat([(digits >> 7), digits & 127], dim=1).to(torch.int8)  # [B, 2 Tq, Tk]
+    out = torch.empty(b, tq, v.shape[-1], dtype=torch.float64, device=p.device)
+    for o, a, m in zip(out, stacked, v):
+        both = int_matmul(a, m.t()).double()
+        torch.add(both[tq:], both[:tq], alpha=128, out=o)
+    return out

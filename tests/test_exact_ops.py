@@ -152,6 +152,26 @@ def test_attention_paths_agree_bit_for_bit(monkeypatch) -> None:
     assert torch.equal(out, want)
     monkeypatch.setattr(attn, "ATTENTION_BLOCK", 23)
     assert torch.equal(attn.attention(*args), want)
+    # The int8 cache itself as k and v (the CPU's prefills): int8 matmuls, the same bits.
+    int8_args = (q, q_scale, k.to(torch.int8), k_mult, v.to(torch.int8), *args[5:])
+    assert torch.equal(attn.attention(*int8_args), want)
+    monkeypatch.setattr(attn, "ATTENTION_BLOCK", 64)
+    assert torch.equal(attn.attention(*int8_args), want)
+
+
+@pytest.mark.parametrize("keys", [1, 2580])
+def test_integer_pv_is_exact_at_its_bounds(keys: int) -> None:
+    """P up to 2**14 - 1 (gpt2m's float64 case) against values +-127: the two int8 matmuls
+    on P's 7-bit digits give the float64 matmul's integers, at the largest sums too."""
+    g = torch.Generator().manual_seed(keys)
+    p = torch.randint(0, 2**14, (3, 5, keys), generator=g).float()
+    p[0] = 2**14 - 1
+    v = torch.randint(-127, 128, (3, keys, 8), generator=g, dtype=torch.int8)
+    v[0] = 127
+    got = attn._integer_pv(p, v)
+    assert got.dtype == torch.float64
+    assert torch.equal(got, torch.bmm(p.double(), v.double()))
+    assert got[0, 0, 0] == (2**14 - 1) * 127 * keys
 
 
 def test_quantize_rows_into_a_strided_out() -> None:
