@@ -64,6 +64,8 @@ def attention(
         wide = _attention(q, q_scale, k, k_mult, v, v_scale, mask, table, *pv_max, scores)
         return wide.float() if out is None else out.copy_(wide)
     out = torch.empty(q.shape, device=q.device) if out is None else out
+    if k.dtype == torch.int8:  # the blocks' int8 matmuls read [batch * head] matrices: lay them out once
+        k, v = k.contiguous(), v.contiguous()
     for lo in range(0, q.shape[-2], block):
         keys = min(tk, last_key + lo + block)
         rows = slice(lo, lo + block)
