@@ -19,7 +19,7 @@ from .errors import CompressError
 from .frame_kernel import decode_frame
 from .frequencies import SYMBOLS, frequency_tables
 from .lanes import Progress, Segment, windows
-from .mixing import ContextMixer
+from .mixing import ContextMixer, MixerConfig
 from .table_kernels import frequency_rows
 
 
@@ -82,9 +82,11 @@ class _CompiledFrames:
         self.model_args, self.bos = model_args, bos
         self.segments = segments
         self.segment_of = groups
+        # Every segment's stream end to end, each one's [start, end) in it, and its decoder's state.
         self.words = np.concatenate([segment.decoder.words for segment in segments])
-        ends = np.cumsum([len(segment.decoder.words) for segment in segments])
-        self.word_bounds = np.stack([ends - [len(s.decoder.words) for s in segments], ends], axis=1)
+        lengths = np.array([len(segment.decoder.words) for segment in segments], dtype=np.int64)
+        ends = np.cumsum(lengths)
+        self.word_bounds = np.stack([ends - lengths, ends], axis=1)
         self.states = np.stack([segment.decoder.state for segment in segments])
         self._unmixed: tuple | None = None  # fills the kernel's mixer argument when mixing is off
 
@@ -100,8 +102,8 @@ class _CompiledFrames:
         """Decode the frame into current[active]; the model steps after its first `steps`
         positions, writing the logits in place."""
         first = int(streams.reserve(steps)[0][0]) if steps else 0
-        if mixer is None and self._unmixed is None:
-            self._unmixed = ContextMixer(1).kernel_arrays()  # never read
+        if mixer is None and self._unmixed is None:  # the smallest mixer: its arrays are never read
+            self._unmixed = ContextMixer(1, MixerConfig(contexts=("cell",))).kernel_arrays()
         arrays = self._unmixed if mixer is None else mixer.kernel_arrays()
         error = decode_frame(logits.numpy(), active, self.segment_of, self.states, self.words, self.word_bounds,
                              current, first, steps, self.bos, mixer is not None, arrays, self.model_args)

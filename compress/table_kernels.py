@@ -5,8 +5,8 @@ tables (`frequencies.frequency_tables`, version 2) and the context mixer's table
 The same rules as the reference code they replace on the CPU: integers, lookups, and IEEE
 basic operations on the same dtypes in the same order (numba compiles without fast-math, so
 nothing is contracted or reordered). A decoder step of one row costs a few microseconds here
-against 100-200 us of numpy and torch calls. `tests/test_table_kernels.py` checks both
-against their references bitwise.
+against 100-200 us of numpy and torch calls. Tests check them against their references
+bitwise (`tests/test_compress_lockstep.py`, `tests/test_mixing.py`).
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def _weight(index):
 @njit(cache=True)
 def frequency_rows(logits, out):
     """Version 2 tables of logits float32 [rows, >= symbols] into out int64 [rows, symbols]
-    (symbols = out.shape[1]). Returns the first row whose maximum is not finite (a NaN anywhere, or +inf), or -1."""
+    (symbols = out.shape[1]). Returns the first row whose maximum is not finite (a NaN
+    anywhere, or +inf), or -1; the remainder goes to the first maximal logit."""
     rows, symbols = out.shape
-    scaled = np.empty(symbols, dtype=np.float32)
     weights = np.empty(symbols, dtype=np.float64)
     for r in range(rows):
         x = logits[r]
@@ -57,7 +57,6 @@ def frequency_rows(logits, out):
         first = -1
         for j in range(symbols):
             s = min((high - x[j]) * SCALE, _LAST_INDEX)
-            scaled[j] = s
             if s == 0 and first < 0:
                 first = j
             weights[j] = _weight(np.int32(s))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from .exact_numba_ops import F32, F64, ONE32, attend, gelu, layer_norm, linear_rows, quantize
+from .exact_numba_ops import F32, F64, LN_EPS_SCALE, ONE32, attend, gelu, layer_norm, linear_rows, quantize
 
 
 @njit(cache=True)
@@ -129,7 +129,7 @@ class CompiledForward:
         head = w.lm_head
         head_bias = head.bias if head.bias is not None else torch.zeros_like(head.scale)
         self._args = (
-            w.wte.numpy(), w.wpe.numpy(), torch.stack(lns).numpy(), F64(w.eps * 2.0**40),
+            w.wte.numpy(), w.wpe.numpy(), torch.stack(lns).numpy(), F64(w.eps * LN_EPS_SCALE),
             *(stacked(name, part) for name in ("attn", "proj", "fc", "mlp_proj") for part in ("weight", "scale", "bias")),
             has_bias, head.weight.numpy(), head.scale.numpy(), head_bias.numpy(), head.bias is not None,
             runner._kv_factor.view(2).numpy(), runner.gelu_table.numpy(), runner.exp_table.numpy(), runner.pv_max[0],

@@ -12,13 +12,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .exact_ops import GELU_RANGE, GELU_STEP_BITS, LN_BITS
 from .quantize import QMAX, TINY
 
 F32, F64 = np.float32, np.float64
 QMAX32, TINY32, ONE32 = F32(QMAX), F32(TINY), F32(1.0)
-LN_ONE32 = F32(2.0**20)  # exact_ops.LN_BITS
-GELU_SCALE32 = F32(2.0**10)  # exact_ops.GELU_STEP_BITS
-GELU_LIMIT = 8 * 2**10  # exact_ops.GELU_RANGE * 2**GELU_STEP_BITS
+LN_ONE32 = F32(2.0**LN_BITS)
+LN_EPS_SCALE = 2.0 ** (2 * LN_BITS)  # layer_norm's eps is taken times this
+GELU_SCALE32 = F32(2.0**GELU_STEP_BITS)
+GELU_LIMIT = GELU_RANGE * 2**GELU_STEP_BITS
+GELU_RANGE32 = F32(GELU_RANGE)
 
 
 @njit(cache=True)
@@ -79,7 +82,7 @@ def gelu(x, table):
     top = F32(2 * GELU_LIMIT)
     for i in range(x.shape[0]):
         v = x[i]
-        if v > F32(8.0):
+        if v > GELU_RANGE32:
             continue
         t = limit_half + v * GELU_SCALE32
         t = min(max(t, F32(0.0)), top)
