@@ -3,9 +3,11 @@
     python -m bench.coder [--rows 4096] [--tokens 16384]
 
 Prints, side by side in one process: logits -> tables per row (v1 numpy vs v2 torch, torch
-threads 1 and 2); encode and decode us/token for B interleaved lanes in one constriction
-stream (B = 1, 8, 32, 128); and the code length of v1 vs v2 tables on real logits (the
-default model, teacher-forced 2-frame windows over the last 180 frames of a training drive).
+threads 1 and 2, and v2 compiled, `table_kernels.frequency_rows`, at the rows of a decoder
+step and in one call); encode (constriction) and decode (`range_decoder`, compiled) us/token
+for B interleaved lanes in one stream (B = 1, 8, 32, 128); and the code length of v1 vs v2
+tables on real logits (the default model, teacher-forced 2-frame windows over the last 180
+frames of a training drive).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 
 from compress.coder import TokenDecoder, TokenEncoder, code_length, interleaved_rows
 from compress.frequencies import SYMBOLS, frequencies, frequency_tables
+from compress.table_kernels import frequency_rows
 from models import DEFAULT_MODEL_DIR, load_pretrained
 
 DRIVE = Path(__file__).resolve().parents[2] / "shared/data/train/3b41c0fa8959aea6c118e5714f412a2e_13.npy"
@@ -45,13 +48,20 @@ def bench_tables(rows: int) -> None:
         cost = best_of(lambda: frequency_tables(logits))
         print(f"  v2 torch, {threads} thread(s):       {cost / rows * 1e6:7.2f} us/row")
     torch.set_num_threads(1)
+    out = np.empty((rows, SYMBOLS), dtype=np.int64)
+    print(f"  v2 compiled, one call:        {best_of(lambda: frequency_rows(array, out)) / rows * 1e6:7.2f} us/row")
+    for step_rows in (1, 8):
+        cost = best_of(lambda: [frequency_rows(array[r:r + step_rows], out[r:r + step_rows])
+                                for r in range(0, 256, step_rows)])
+        torch_cost = best_of(lambda: [frequency_tables(logits[r:r + step_rows]) for r in range(0, 256, step_rows)])
+        print(f"  v2 at {step_rows} row(s) a call: compiled {cost / 256 * 1e6:6.2f}, torch {torch_cost / 256 * 1e6:6.2f} us/row")
 
 
 def bench_coding(tokens: int) -> None:
     """B lanes of tokens // B steps: interleaved into one stream (one decode call per step),
     one stream per lane (B calls per step), and the floor of a numpy coder of our own."""
     generator = torch.Generator().manual_seed(1)
-    print(f"range coding (constriction), {tokens} tokens, V = {SYMBOLS}: us/token")
+    print(f"range coding (encode: constriction; decode: ours, compiled), {tokens} tokens, V = {SYMBOLS}: us/token")
     print("  (an own vectorized coder would pay at least the cumsum + search of every row)")
     for lanes in (1, 8, 32, 128):
         steps = tokens // lanes
