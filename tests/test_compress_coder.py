@@ -221,3 +221,16 @@ def test_a_long_lane_round_trips_with_overhead_below_a_thousandth():
     words = encoder.finish()
     assert 32 * len(words) <= code_length(tables, tokens) * 1.001 + 64
     assert np.array_equal(TokenDecoder(words).decode(tables), tokens)
+
+
+@settings(max_examples=50, deadline=None)
+@given(words=arrays(np.uint32, st.integers(0, 40)), seed=st.integers(0, 2**32 - 1), symbols=st.sampled_from([2, 17, 1024]))
+def test_our_decoder_reads_any_words_without_failing(words, seed, symbols):
+    """Arbitrary words (a damaged or foreign stream) decode to in-range tokens under valid
+    tables, past the end of the stream too: the range decoder's invariant holds for any
+    point, so it never reports an error nor reads outside its words."""
+    tables = np.stack([table("random", seed + i, symbols) for i in range(60)])
+    decoder = TokenDecoder(words)
+    tokens = np.concatenate([decoder.decode(tables[i : i + 3]) for i in range(0, 60, 3)])
+    assert tokens.shape == (60,) and tokens.min() >= 0 and tokens.max() < symbols
+    assert int(decoder.state[3]) <= len(words)
