@@ -12,20 +12,17 @@ logits, v_0 = 0 for the model and v_k[set] for context k, the set chosen by how 
 context was seen (log2 buckets of n_k); a context never seen gets no weight. The logits
 learn online by gradient ascent on log P.
 
-Exactness: the table is built from per-position integer coefficients by exact arithmetic
-(`table_kernels.mix_rows`), and all learning runs in fixed point with integer sums. The few
-float64 values are elementwise IEEE basic operations (+ - * /) in a fixed order, so every
-machine gets the same bits; exp comes from a table built by repeated multiplication, never libm.
+Exactness: the table is integer arithmetic (`table_kernels.mix_rows`), learning is fixed
+point with integer sums, and the few float64 values are IEEE basic operations in a fixed
+order; exp comes from a table built by repeated multiplication, never libm.
 
-Counts and weights are updated once per frame step, so the encoder mixes a whole frame at
-once (`predict_frame`) and the decoder token by token (`predict` + `observe`) with
-bit-identical tables; each then calls `end_frame` with every running lane's frame (`rows`
-names the lanes of a call). Lanes are grouped (`groups`: one group per segment): the lanes
-of a group share the counts and weights. Lanes run in lockstep, so at frame step t every
-lane sees the statistics of its group's frames before t, on both sides, and a segment split
-into lanes still learns from all of it. Only the previous frames (`prev`, `prev2`) are a
-lane's own. Groups never mix: one mixer can serve many segments decoded side by side (one
-call per step for all of them), and a segment's tables never depend on the others.
+Counts and weights change once per frame step, so the encoder mixes a whole frame at once
+(`predict_frame`) and the decoder token by token (`predict` + `observe`) with bit-identical
+tables; each then calls `end_frame` with every running lane's frame (`rows`: the lanes of a
+call). The lanes of a group (`groups`: one per segment) share counts and weights, and run
+in lockstep, so at frame step t every lane sees its group's frames before t on both sides;
+only the previous frames (`prev`, `prev2`) are a lane's own. Groups never mix: one mixer
+serves many segments decoded side by side, none depending on the others.
 """
 from __future__ import annotations
 

@@ -5,20 +5,13 @@ Every operation is row-local (one token's row, or one query's attention row) and
 correctly rounded, so a token's logits depend only on its own sequence: not on the batch,
 the chunking, prefill versus decode, the thread count, the ISA or the device. Keys and
 values are cached as they are used, int8 per (token, head) with a float32 scale, so a
-decode step reads exactly what a prefill computed. Padding keys (beyond a query's causal
-range) get weight exactly 0, so the cache length a call reads changes nothing.
+decode step reads exactly what a prefill computed; padding keys get weight exactly 0.
 
-Speed (a CPU step is mostly the dispatch of small ops): rows stepping in lockstep (one
-token each, one shared position: the streams' decode) take `_step`, which reads exactly the
-filled keys and needs no mask; other calls take the masked general path. Past the last
-layer's attention every op is row-local, so the last layer computes only the positions
-whose logits are returned (`forward`: each row's last token; `score`: from `first`).
-
-No torch.compile: inductor's CPU C++ (fp-contract off by default) reproduced eager bits in a
-test (EXACT_COMPILE=1), but its flags are environment-controlled and Triton on CUDA
-contracts FMAs and approximates division, so an exact-mode engine refuses `compile`. On the
-CPU, steps run instead as one numba call (`exact_numba`: no fast-math, so none of that;
-compared with these torch ops bitwise in the tests), over this runner's cache.
+Speed: on the CPU, steps run as one numba call over this cache (`exact_numba`: the same
+operations, no fast-math; compared bitwise in the tests); elsewhere rows stepping in
+lockstep take `_step` (no mask), other calls the masked general path. The last layer
+computes only the positions whose logits are returned. No torch.compile: inductor's flags
+are environment-controlled and Triton contracts FMAs and approximates division.
 """
 from __future__ import annotations
 
@@ -88,7 +81,11 @@ class ExactRunner:
         self._kv_factor = torch.tensor([attn.key_factor(config.head_dim), 1.0], device=device).view(2, 1, 1)
         # On the CPU, steps of up to `compiled_max_rows` rows run as one numba call over the
         # same cache (`exact_numba`; bit-identical, tested).
-        self.compiled = _compiled_forward(self) if device.type == "cpu" else None
+        self.compiled = None
+        if device.type == "cpu":  # numba: imported with the first exact CPU runner
+            from .exact_numba import CompiledForward
+
+            self.compiled = CompiledForward(self)
         self.compiled_max_rows = COMPILED_MAX_ROWS
 
     def _blocks(self, x: Tensor, rows: int, chunk: int, attend: Attend, narrow: Narrow | None = None) -> Tensor:
@@ -255,9 +252,3 @@ class ExactRunner:
 
         x = self._embed(tokens, positions.clamp(max=self.config.n_positions - 1))
         self._logits(self._blocks(x.view(rows * chunk, -1), rows, chunk, attend, narrow), out)
-
-
-def _compiled_forward(runner: ExactRunner):
-    from .exact_numba import CompiledForward  # numba: imported with the first exact CPU runner
-
-    return CompiledForward(runner)
