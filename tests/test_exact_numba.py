@@ -106,3 +106,49 @@ def test_steps_of_the_runner_take_the_compiled_path_and_check_their_input() -> N
     with pytest.raises(EngineError, match="query_lens"):
         runner.forward(torch.tensor([[5], [6]]), 4 * one, 2 * one)
     assert torch.equal(runner.kv, cache)  # a refused call writes nothing
+
+
+ISA_SCRIPT = """
+import hashlib, sys
+import numpy as np, torch
+sys.path.insert(0, {root!r})
+import models
+from engine.exact_runner import ExactRunner
+from compress.frequencies import SYMBOLS
+from compress.table_kernels import frequency_rows
+runner = ExactRunner(models.load_pretrained(models.DEFAULT_MODEL_DIR).float().eval(), max_batch=2)
+tokens = np.load({path!r})
+runner.forward(torch.from_numpy(tokens[:, :130]), torch.zeros(2, dtype=torch.int32), torch.full((2,), 130, dtype=torch.int32), fresh=True)
+digest = hashlib.sha256()
+logits = np.empty((2, runner.config.vocab_size), dtype=np.float32)
+tables = np.empty((2, SYMBOLS), dtype=np.int64)
+for p in range(130, 140):
+    assert runner.compiled(tokens[:, p : p + 1].copy(), np.full(2, p), np.ones(2, dtype=np.int64), logits) == 0
+    assert frequency_rows(logits, tables) == -1
+    digest.update(logits.tobytes() + tables.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_compiled_kernels_give_the_same_bits_for_another_isa(tmp_path) -> None:
+    """The compiled forward pass and tables built for a generic x86-64 (no AVX: what another
+    machine's numba would make) in a fresh process give this process's bits."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    prompt = np.full((2, 140), 1024, dtype=np.int64)
+    prompt[:, 1:129] = frames(2, seed=11)
+    prompt[:, 130:] = frames(2, seed=12)[:, :10]
+    np.save(tmp_path / "tokens.npy", prompt)
+    root = str(models.DEFAULT_MODEL_DIR.parents[1])
+    script = ISA_SCRIPT.format(root=root, path=str(tmp_path / "tokens.npy"))
+    here = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert here.returncode == 0, here.stderr
+    generic = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path / "numba-generic")}
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=generic)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == here.stdout.strip() and len(here.stdout.strip()) == 64
+    assert hashlib.sha256(b"").hexdigest() != here.stdout.strip()
+    assert any((tmp_path / "numba-generic").rglob("*.nbi"))  # compiled afresh for that target
