@@ -236,14 +236,14 @@ class ExactRunner:
         mask = {False: attn.causal_mask(positions[:, None], keys)}
         mask[True] = attn.causal_mask(narrow(positions)[:, None], keys)
         reach = {False: max(starts), True: max(s + max(n - 1, 0) for s, n in zip(starts, lens))}
-        cpu = tokens.device.type == "cpu"
+        int8 = tokens.device.type == "cpu" and attn.int8_pays(self.pv_max)
 
         def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
             cache, scales = self.kv[layer, row0 : row0 + rows], self.kv_scale[layer, row0 : row0 + rows]
             cache[row_ids, :, :, write_pos] = kv[row_ids, pos_ids].to(torch.int8)
             scales[row_ids, :, :, :, write_pos] = kv_scale[row_ids, pos_ids]
-            # The CPU attends on the int8 cache itself (int8 matmuls); elsewhere on floats.
-            k, v = cache[:, :, :, :keys].unbind(1) if cpu else self._as_float(cache, rows, keys)
+            # Long contexts on the CPU attend on the int8 cache itself (int8 matmuls), else on floats.
+            k, v = cache[:, :, :, :keys].unbind(1) if int8 else self._as_float(cache, rows, keys)
             k_mult, v_scale = scales[..., :keys].unbind(1)
             y = torch.empty(q.shape, device=q.device)  # [rows, chunk, head, d], filled by heads
             attn.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[narrowed],

@@ -43,7 +43,7 @@ def _score_chunk(runner: ExactRunner, tokens: Tensor, first: int, mask: Tensor, 
     def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
         # [rows, length, 2, head, ...] -> [2, rows, head, length, ...]: as laid out, a view.
         k, v = kv.permute(2, 0, 3, 1, 4)
-        v = v.to(torch.int8 if v.device.type == "cpu" else runner.pv_max[1])  # CPU: P V in int8 matmuls
+        v = v.to(torch.int8 if v.device.type == "cpu" and attn.int8_pays(runner.pv_max) else runner.pv_max[1])
         k_mult, v_scale = kv_scale.permute(2, 0, 3, 4, 1)
         y = torch.empty(q.shape, device=q.device)  # [rows, length, head, d], filled by heads
         q = q.transpose(1, 2)
