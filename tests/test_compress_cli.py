@@ -279,3 +279,25 @@ def test_info_into_a_closed_pipe_is_quiet(npy, engine_args):
     process.stdout.close()  # `| head -0`: the reader is gone before the first write
     assert process.stderr.read() == b""
     assert process.wait() == 1
+
+
+def test_default_threads_follow_the_numerics(npy, model_dir, monkeypatch):
+    """Exact numerics (their bits do not depend on it) take the usable CPUs; float numerics
+    keep 1 thread, which their file records; an explicit --threads wins."""
+    import torch
+
+    from compress import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    packed = npy.with_name("a.npy.cvq")
+    assert main(["encode", str(npy), str(packed), "--model", str(model_dir), "-q", "-f"]) == 0
+    assert seen[0] == 3
+    seen.clear()
+    assert main(["encode", str(npy), str(packed), "--numerics", "float", "--backend", "torch", "--no-compile",
+                 "--model", str(model_dir), "-q", "-f"]) == 0
+    assert seen[0] == 1
+    seen.clear()
+    assert main(["encode", str(npy), str(packed), "--model", str(model_dir), "-q", "-f", "--threads", "2"]) == 0
+    assert seen[0] == 2
