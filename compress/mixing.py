@@ -34,7 +34,7 @@ from models.tokens import FRAME_SHAPE
 from models.tokens import FRAME_TOKENS as FRAME
 
 from .errors import CompressError
-from .frequencies import SYMBOLS, TOTAL  # the coder's contract: tables sum to TOTAL, every symbol >= 1
+from .frequencies import SYMBOLS
 from .table_kernels import mix_rows, record_rows
 
 WIDTH = FRAME_SHAPE[1]  # cells per row of the 8x16 grid

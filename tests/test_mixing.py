@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from compress.coder import TokenDecoder, TokenEncoder, code_length
 from compress.errors import CompressError
-from compress.mixing import CONTEXTS, EXP, FRAME, SYMBOLS, TOTAL, ContextMixer, MixerConfig
+from compress.frequencies import TOTAL
+from compress.mixing import CONTEXTS, EXP, FRAME, SYMBOLS, ContextMixer, MixerConfig
 from compress.table_kernels import SHIFT, UNIT, mix_rows
 
 FAST = MixerConfig(lr=1, lr_shift=0)  # a large step, so the weights move in a few frames
