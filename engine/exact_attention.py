@@ -125,6 +125,8 @@ def _attention(
         raise EngineError(f"attention: head_dim {d} exceeds {F32_EXACT_K}, QK^T would not be exact in float32")
     if u is None:  # bmm on [batch * head] rather than matmul's broadcasting: fewer ops a call
         u = torch.bmm(q.reshape(-1, tq, d), k.reshape(-1, keys, d).transpose(1, 2)).view(*lead, tq, keys)
+    if v.dtype == torch.int8:  # the CPU's long contexts: the passes below fused, P V in int8 matmuls
+        return _fused_int8(u, q_scale, k_mult, v, v_scale, mask, table, p_max)
     if mask is None:
         u.mul_(k_mult)
     else:  # mask + u * k_mult in one pass: adding 0 keeps the rounded product, fused or not
@@ -137,24 +139,38 @@ def _attention(
     wmax = w.amax(dim=-1, keepdim=True)
     wmax = torch.where(wmax > const_like(0.0, wmax), wmax, const_like(1.0, wmax))
     p = w.mul_(const_like(p_max, wmax) / wmax).round_()
-    if v.dtype == torch.int8:
-        acc = _integer_pv(p.view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
-    else:
-        p = p if p.dtype == pv_dtype else p.to(pv_dtype)  # even a no-op cast costs a dispatch
-        acc = torch.bmm(p.view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
+    p = p if p.dtype == pv_dtype else p.to(pv_dtype)  # even a no-op cast costs a dispatch
+    acc = torch.bmm(p.view(-1, tq, keys), v.reshape(-1, keys, d)).view(*lead, tq, d)
     # float32 operands promote to float64 inside these ops, exactly (as separate casts would).
     return torch.mul(acc, wmax / total.mul_(const(p_max, torch.float64, total.device)))
 
 
-def _integer_pv(p: Tensor, v: Tensor) -> Tensor:
-    """sum P V for float32 integers 0 <= P < 2**14 [B, Tq, Tk] and int8 v [B, Tk, d] ->
-    float64 [B, Tq, d], exactly: P = 128 hi + lo with hi, lo in 0..127, one int8 matmul of
-    [hi; lo] per matrix (int32 sums below 127**2 Tk), combined in float64 (below 2**53)."""
-    b, tq, tk = p.shape
-    digits = p.to(torch.int32)
-    stacked = torch.cat([(digits >> 7), digits & 127], dim=1).to(torch.int8)  # [B, 2 Tq, Tk]
-    out = torch.empty(b, tq, v.shape[-1], dtype=torch.float64, device=p.device)
-    for o, a, m in zip(out, stacked, v):
+def _fused_int8(u: Tensor, q_scale: Tensor, k_mult: Tensor, v: Tensor, v_scale: Tensor, mask: Tensor | None,
+                table: Tensor, p_max: int) -> Tensor:
+    """`_attention` from its scores u on, for int8 v: the weights in one compiled pass per
+    row (`exact_numba_ops.softmax_digits`: the same operations in the same order), then
+    `_integer_pv` on P's digits."""
+    from .exact_numba_ops import softmax_digits  # numba: CPU only, imported on first use
+
+    *lead, tq, keys = u.shape
+    rows, d = u.numel() // (tq * keys), v.shape[-1]
+    masks = mask.reshape(-1, tq, keys) if mask is not None else torch.empty(0, tq, keys)
+    digits = torch.empty(rows, 2 * tq, keys, dtype=torch.int8)
+    factor = torch.empty(rows, tq, 1, dtype=torch.float64)
+    softmax_digits(u.reshape(rows, tq, keys).numpy(), k_mult.reshape(rows, keys).numpy(),
+                   v_scale.reshape(rows, keys).numpy(), q_scale.reshape(rows, tq).numpy(), masks.numpy(),
+                   table.numpy(), p_max, digits.numpy(), factor.view(rows, tq).numpy())
+    return _integer_pv(digits, v.reshape(rows, keys, d)).mul_(factor).view(*lead, tq, d)
+
+
+def _integer_pv(digits: Tensor, v: Tensor) -> Tensor:
+    """sum P V for 0 <= P < 2**14 given as int8 digits [B, 2 Tq, Tk] (P = 128 hi + lo: the
+    high digits' rows, then the low ones') and int8 v [B, Tk, d] -> float64 [B, Tq, d],
+    exactly: one int8 matmul per matrix (int32 sums below 127**2 Tk), combined in float64
+    (below 2**53)."""
+    b, tq = digits.shape[0], digits.shape[1] // 2
+    out = torch.empty(b, tq, v.shape[-1], dtype=torch.float64, device=digits.device)
+    for o, a, m in zip(out, digits, v):
         both = int_matmul(a, m.t()).double()
         torch.add(both[tq:], both[:tq], alpha=128, out=o)
     return out

@@ -170,3 +170,42 @@ def linear_rows(x, q, w, scale, bias, has_bias, out):
         else:
             for j in range(n):
                 out[m, j] = (F32(acc[m, j]) * xs[m]) * scale[j]
+
+
+@njit(cache=True)
+def softmax_digits(scores, k_mult, v_scale, q_scale, mask, table, p_max, digits, factor):
+    """exact_attention._attention's weights for a block of queries, in one pass per row:
+    scores float32 [B, Tq, K] (integer QK dots), k_mult and v_scale [B, K], q_scale [B, Tq],
+    mask float32 [M, Tq, K] (0 or +inf; M divides B, rows b share mask b // (B / M); M = 0:
+    none). Writes P = round(w * fl(p_max / max w)) as its two 7-bit digits, digits int8
+    [B, 2 Tq, K] (high rows first), and factor float64 [B, Tq] = max w / (sum E * p_max)."""
+    rows, tq, keys = scores.shape
+    last = F32(table.shape[0] - 1)
+    share = rows // mask.shape[0] if mask.shape[0] else 1
+    u = np.empty(keys, dtype=np.float32)
+    w = np.empty(keys, dtype=np.float32)
+    pm32, pm64 = F32(p_max), F64(p_max)
+    for b in range(rows):
+        for i in range(tq):
+            umin = F32(np.inf)
+            for j in range(keys):
+                if mask.shape[0] and mask[b // share, i, j] != F32(0.0):
+                    u[j] = F32(np.inf)  # a masked key: +inf, its weight 0
+                else:
+                    u[j] = scores[b, i, j] * k_mult[b, j]
+                umin = min(umin, u[j])
+            total = F64(0.0)
+            wmax = F32(-np.inf)
+            for j in range(keys):
+                e = table[np.int32(min((u[j] - umin) * q_scale[b, i], last))]
+                total += F64(e)
+                w[j] = e * v_scale[b, j]
+                wmax = max(wmax, w[j])
+            if not wmax > F32(0.0):
+                wmax = ONE32
+            mult = pm32 / wmax
+            for j in range(keys):
+                p = np.int32(np.rint(w[j] * mult))
+                digits[b, i, j] = np.int8(p >> 7)
+                digits[b, tq + i, j] = np.int8(p & 127)
+            factor[b, i] = F64(wmax) / (total * pm64)

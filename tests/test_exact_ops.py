@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import exact_attention as attn
+from engine import exact_numba_ops
 from engine import exact_ops as ops
 from engine.errors import EngineError
 from engine.quantize import TINY, quantize_weight
@@ -127,6 +128,9 @@ def test_gelu_passes_large_values_through_exactly() -> None:
     idx = (x * 2.0**ops.GELU_STEP_BITS + (limit + 0.5)).clamp(0, 2 * limit).long()
     want = torch.where(x > ops.GELU_RANGE, x, table[idx])
     assert torch.equal(ops.gelu(x, table).view(torch.int32), want.view(torch.int32))
+    compiled = x.clone()  # the CPU's compiled pass (exact_numba_ops.gelu), in place
+    exact_numba_ops.gelu(compiled.numpy(), table.numpy())
+    assert torch.equal(compiled.view(torch.int32), want.view(torch.int32))
 
 
 @pytest.mark.parametrize("path", ops.MATMUL_PATHS[::2])  # the CPU's int_mm and the float64 fallback
@@ -168,7 +172,8 @@ def test_integer_pv_is_exact_at_its_bounds(keys: int) -> None:
     p[0] = 2**14 - 1
     v = torch.randint(-127, 128, (3, keys, 8), generator=g, dtype=torch.int8)
     v[0] = 127
-    got = attn._integer_pv(p, v)
+    digits = p.to(torch.int32)
+    got = attn._integer_pv(torch.cat([digits >> 7, digits & 127], dim=1).to(torch.int8), v)
     assert got.dtype == torch.float64
     assert torch.equal(got, torch.bmm(p.double(), v.double()))
     assert got[0, 0, 0] == (2**14 - 1) * 127 * keys
