@@ -209,3 +209,22 @@ def softmax_digits(scores, k_mult, v_scale, q_scale, mask, table, p_max, digits,
                 digits[b, i, j] = np.int8(p >> 7)
                 digits[b, tq + i, j] = np.int8(p & 127)
             factor[b, i] = F64(wmax) / (total * pm64)
+
+
+@njit(cache=True)
+def quantize_all(x, q, scales):
+    """`quantize` on every row of x float32 [M, K] into q int8 [M, K] and scales [M] (dead rows: 0)."""
+    for m in range(x.shape[0]):
+        scales[m] = quantize(x[m], q[m], F32(0.0))
+
+
+@njit(cache=True)
+def rescale_all(acc, xs, scale, bias, has_bias, out):
+    """The linear's epilogue on int32 dots acc [M, N]: out = ((float(acc) * xs_m) * scale_j) + bias_j."""
+    for m in range(acc.shape[0]):
+        if has_bias:
+            for j in range(acc.shape[1]):
+                out[m, j] = (F32(acc[m, j]) * xs[m]) * scale[j] + bias[j]
+        else:
+            for j in range(acc.shape[1]):
+                out[m, j] = (F32(acc[m, j]) * xs[m]) * scale[j]

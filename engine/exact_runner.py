@@ -81,12 +81,14 @@ class ExactRunner:
         self._kv_factor = torch.tensor([attn.key_factor(config.head_dim), 1.0], device=device).view(2, 1, 1)
         # On the CPU, steps of up to `compiled_max_rows` rows run as one numba call over the
         # same cache (`exact_numba`; bit-identical, tested).
-        self.compiled, self._compiled_gelu = None, None
-        if device.type == "cpu":  # numba: imported with the first exact CPU runner
+        # On the CPU: steps as one numba call (`exact_numba`), the other calls' linears and GELU
+        # with their elementwise passes compiled (`exact_cpu`); numba is imported here.
+        self.compiled, self._ops = None, ops
+        if device.type == "cpu":
+            from . import exact_cpu
             from .exact_numba import CompiledForward
-            from .exact_numba_ops import gelu
 
-            self.compiled, self._compiled_gelu = CompiledForward(self), gelu
+            self.compiled, self._ops = CompiledForward(self), exact_cpu
         self.compiled_max_rows = COMPILED_MAX_ROWS
 
     def _blocks(self, x: Tensor, rows: int, chunk: int, attend: Attend, narrow: Narrow | None = None) -> Tensor:
@@ -95,29 +97,21 @@ class ExactRunner:
         chunk, 2, head, d] (float32 integers) with scales [..., 1] (keys' times key_factor).
         `narrow` keeps, in the last layer, only the query positions whose logits are wanted:
         past its attention, every op is row-local."""
-        w, path, shape = self.weights, self.matmul_path, (rows, chunk, 3, self.heads, self.head_dim)
+        w, shape = self.weights, (rows, chunk, 3, self.heads, self.head_dim)
         last = len(w.blocks) - 1
         for layer, block in enumerate(w.blocks):
             h = ops.layer_norm(x, *block.ln_1, w.eps)
-            qkv = ops.linear(h, block.attn, path).view(shape)
+            qkv = self._ops.linear(h, block.attn, self.matmul_path).view(shape)
             vals, q_scale, kv_scale = self._quantize_qkv(qkv)
             q = vals[:, :, 0]
             if layer == last and narrow is not None:
                 q, q_scale = narrow(q), narrow(q_scale)
                 x = narrow(x.view(rows, chunk, -1)).reshape(-1, x.shape[-1])
             y = attend(layer, q, q_scale, vals[:, :, 1:], kv_scale, layer == last and narrow is not None)
-            x = x.add_(ops.linear(y, block.proj, path))  # x is this pass's own tensor
+            x = x.add_(self._ops.linear(y, block.proj, self.matmul_path))  # x is this pass's own tensor
             h = ops.layer_norm(x, *block.ln_2, w.eps)
-            h = self._gelu(ops.linear(h, block.fc, path))
-            x = x.add_(ops.linear(h, block.mlp_proj, path))
-        return x
-
-    def _gelu(self, x: Tensor) -> Tensor:
-        """ops.gelu; on the CPU in place in one compiled pass (the same bits, tested; its
-        table lookups were a quarter of a gpt2m-width prefill as torch ops)."""
-        if self._compiled_gelu is None:
-            return ops.gelu(x, self.gelu_table)
-        self._compiled_gelu(x.view(-1).numpy(), self.gelu_table.numpy())
+            h = self._ops.gelu(self._ops.linear(h, block.fc, self.matmul_path), self.gelu_table)
+            x = x.add_(self._ops.linear(h, block.mlp_proj, self.matmul_path))
         return x
 
     def _quantize_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -136,7 +130,7 @@ class ExactRunner:
 
     def _logits(self, x: Tensor, out: Tensor) -> None:
         x = ops.layer_norm(x, *self.weights.ln_f, self.weights.eps)
-        ops.linear(x, self.weights.lm_head, self.matmul_path, out=out)
+        self._ops.linear(x, self.weights.lm_head, self.matmul_path, out=out)
 
     def _check(self, tokens: Tensor, values: bool = True) -> None:
         if tokens.dim() != 2 or tokens.dtype != torch.int64:

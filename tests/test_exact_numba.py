@@ -152,3 +152,25 @@ def test_compiled_kernels_give_the_same_bits_for_another_isa(tmp_path) -> None:
     assert other.stdout.strip() == here.stdout.strip() and len(here.stdout.strip()) == 64
     assert hashlib.sha256(b"").hexdigest() != here.stdout.strip()
     assert any((tmp_path / "numba-generic").rglob("*.nbi"))  # compiled afresh for that target
+
+
+def test_the_cpu_linear_and_gelu_equal_the_torch_ops() -> None:
+    """`exact_cpu`'s compiled row quantization, epilogue and GELU (the CPU's prefills and
+    score) give exact_ops' bits: rows of every scale, a dead row, with and without a bias."""
+    from engine import exact_cpu
+    from engine import exact_ops as ops
+
+    runner = ExactRunner(MODELS["shipped"](), max_batch=1)
+    assert runner._ops is exact_cpu
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 128, generator=g) * torch.logspace(-12, 12, 40)[:, None]
+    x[3] = 0.0
+    x[4] = 1e-45
+    for lin in (runner.weights.blocks[0].attn, runner.weights.lm_head):  # a bias, and none
+        want = ops.linear(x, lin)
+        assert torch.equal(exact_cpu.linear(x, lin).view(torch.int32), want.view(torch.int32))
+        out = torch.empty_like(want)
+        assert exact_cpu.linear(x, lin, out=out) is out and torch.equal(out, want)
+    h = torch.randn(20, 512, generator=g) * 6
+    want = ops.gelu(h, runner.gelu_table)
+    assert torch.equal(exact_cpu.gelu(h.clone(), runner.gelu_table).view(torch.int32), want.view(torch.int32))
