@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from compress.coder import TokenDecoder, TokenEncoder, code_length, interleaved_rows
-from compress.errors import CompressError
+from compress.errors import CompressError, ModelMismatchError
 from compress.frequencies import (
     CPU_BLOCK_ROWS, EXP2_TABLE, FRACTION_BITS, SCALE, TABLE_SIZE, TOTAL, WEIGHT_BITS, _exp2, frequencies,
     frequency_tables,
@@ -225,12 +225,18 @@ def test_a_long_lane_round_trips_with_overhead_below_a_thousandth():
 
 @settings(max_examples=50, deadline=None)
 @given(words=arrays(np.uint32, st.integers(0, 40)), seed=st.integers(0, 2**32 - 1), symbols=st.sampled_from([2, 17, 1024]))
-def test_our_decoder_reads_any_words_without_failing(words, seed, symbols):
+def test_our_decoder_reads_any_words_without_crashing(words, seed, symbols):
     """Arbitrary words (a damaged or foreign stream) decode to in-range tokens under valid
-    tables, past the end of the stream too: the range decoder's invariant holds for any
-    point, so it never reports an error nor reads outside its words."""
+    tables, past the end of the stream too, or fail as a model mismatch (a quantile past the
+    table, as constriction reports it): never another error, never a read past the words."""
     tables = np.stack([table("random", seed + i, symbols) for i in range(60)])
     decoder = TokenDecoder(words)
-    tokens = np.concatenate([decoder.decode(tables[i : i + 3]) for i in range(0, 60, 3)])
-    assert tokens.shape == (60,) and tokens.min() >= 0 and tokens.max() < symbols
+    decoded = []
+    try:
+        for i in range(0, 60, 3):
+            decoded.append(decoder.decode(tables[i : i + 3]))
+    except ModelMismatchError:
+        pass
+    tokens = np.concatenate(decoded) if decoded else np.zeros(0, np.int64)
+    assert tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < symbols)
     assert int(decoder.state[3]) <= len(words)
