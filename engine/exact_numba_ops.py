@@ -90,12 +90,30 @@ def gelu(x, table):
 
 
 @njit(cache=True)
+def exp_weights(u, umin, q_scale, v_scale, table, w):
+    """The softmax's weights of one query (exact_attention._attention) from its keys' scores
+    u [K] (+inf: masked) and their minimum: E = table[trunc(min((u - umin) * q_scale, last))]
+    (0 for masked keys and far tails), w = E * v_scale into w [K]. Returns sum E (float64:
+    integers, exact) and max w (1 where no weight is positive)."""
+    last = F32(table.shape[0] - 1)
+    total = F64(0.0)
+    wmax = F32(-np.inf)
+    for j in range(u.shape[0]):
+        e = table[np.int32(min((u[j] - umin) * q_scale, last))]
+        total += F64(e)
+        w[j] = e * v_scale[j]
+        wmax = max(wmax, w[j])
+    if not wmax > F32(0.0):
+        wmax = ONE32
+    return total, wmax
+
+
+@njit(cache=True)
 def attend(q, q_scale, cache, scales, pos, table, p_max, out):
     """exact_attention._attention for one query per head over keys 0..pos of one row's
     cache (int8 [2, head, position, d], scales [2, head, position]: keys' times key_factor)."""
     heads, d = q.shape
     keys = pos + 1
-    last = F32(table.shape[0] - 1)
     u = np.empty(keys, dtype=np.float32)
     w = np.empty(keys, dtype=np.float32)
     acc = np.empty(d, dtype=np.int64)
@@ -112,18 +130,7 @@ def attend(q, q_scale, cache, scales, pos, table, p_max, out):
             u[j] = uj
             if uj < umin:
                 umin = uj
-        total = F64(0.0)
-        wmax = F32(-np.inf)
-        for j in range(keys):
-            t = min((u[j] - umin) * q_scale[h], last)
-            e = table[np.int32(t)]
-            total += F64(e)
-            wj = e * scales[1, h, j]
-            w[j] = wj
-            if wj > wmax:
-                wmax = wj
-        if not wmax > F32(0.0):
-            wmax = ONE32
+        total, wmax = exp_weights(u, umin, q_scale[h], scales[1, h], table, w)
         mult = pm32 / wmax
         if narrow:  # sum P V fits int32 (p_max 127 keys < 2**31): the faster multiplies
             acc32[:] = 0
@@ -145,73 +152,6 @@ def attend(q, q_scale, cache, scales, pos, table, p_max, out):
 
 
 @njit(cache=True)
-def linear_rows(x, q, w, scale, bias, has_bias, out):
-    """exact_ops.linear on rows x [M, K] -> out [M, N]: out = ((float(q . w_j) * x_scale) *
-    scale_j) + bias_j, the integer dots first, then the float32 products in a separate pass.
-    Rows go in blocks of about 16 KB of int8 activations (in L1 while every weight row passes
-    by: each weight is read once per block, once per call for a step's few rows)."""
-    rows, n, k = x.shape[0], w.shape[0], w.shape[1]
-    xs = np.empty(rows, dtype=np.float32)
-    acc = np.empty((rows, n), dtype=np.int32)
-    for m in range(rows):
-        xs[m] = quantize(x[m], q[m], F32(0.0))
-    block = max(1, 16384 // k)
-    for low in range(0, rows, block):
-        for j in range(n):
-            for m in range(low, min(low + block, rows)):
-                dot = np.int32(0)
-                for i in range(k):
-                    dot += np.int32(q[m, i]) * np.int32(w[j, i])
-                acc[m, j] = dot
-    for m in range(rows):
-        if has_bias:
-            for j in range(n):
-                out[m, j] = (F32(acc[m, j]) * xs[m]) * scale[j] + bias[j]
-        else:
-            for j in range(n):
-                out[m, j] = (F32(acc[m, j]) * xs[m]) * scale[j]
-
-
-@njit(cache=True)
-def softmax_digits(scores, k_mult, v_scale, q_scale, mask, table, p_max, digits, factor):
-    """exact_attention._attention's weights for a block of queries, in one pass per row:
-    scores float32 [B, Tq, K] (integer QK dots), k_mult and v_scale [B, K], q_scale [B, Tq],
-    mask float32 [M, Tq, K] (0 or +inf; M divides B, rows b share mask b // (B / M); M = 0:
-    none). Writes P = round(w * fl(p_max / max w)) as its two 7-bit digits, digits int8
-    [B, 2 Tq, K] (high rows first), and factor float64 [B, Tq] = max w / (sum E * p_max)."""
-    rows, tq, keys = scores.shape
-    last = F32(table.shape[0] - 1)
-    share = rows // mask.shape[0] if mask.shape[0] else 1
-    u = np.empty(keys, dtype=np.float32)
-    w = np.empty(keys, dtype=np.float32)
-    pm32, pm64 = F32(p_max), F64(p_max)
-    for b in range(rows):
-        for i in range(tq):
-            umin = F32(np.inf)
-            for j in range(keys):
-                if mask.shape[0] and mask[b // share, i, j] != F32(0.0):
-                    u[j] = F32(np.inf)  # a masked key: +inf, its weight 0
-                else:
-                    u[j] = scores[b, i, j] * k_mult[b, j]
-                umin = min(umin, u[j])
-            total = F64(0.0)
-            wmax = F32(-np.inf)
-            for j in range(keys):
-                e = table[np.int32(min((u[j] - umin) * q_scale[b, i], last))]
-                total += F64(e)
-                w[j] = e * v_scale[b, j]
-                wmax = max(wmax, w[j])
-            if not wmax > F32(0.0):
-                wmax = ONE32
-            mult = pm32 / wmax
-            for j in range(keys):
-                p = np.int32(np.rint(w[j] * mult))
-                digits[b, i, j] = np.int8(p >> 7)
-                digits[b, tq + i, j] = np.int8(p & 127)
-            factor[b, i] = F64(wmax) / (total * pm64)
-
-
-@njit(cache=True)
 def quantize_all(x, q, scales):
     """`quantize` on every row of x float32 [M, K] into q int8 [M, K] and scales [M] (dead rows: 0)."""
     for m in range(x.shape[0]):
@@ -228,3 +168,54 @@ def rescale_all(acc, xs, scale, bias, has_bias, out):
         else:
             for j in range(acc.shape[1]):
                 out[m, j] = (F32(acc[m, j]) * xs[m]) * scale[j]
+
+
+@njit(cache=True)
+def linear_rows(x, q, w, scale, bias, has_bias, out):
+    """exact_ops.linear on rows x [M, K] -> out [M, N]: out = ((float(q . w_j) * x_scale) *
+    scale_j) + bias_j, the integer dots first, then the float32 products in a separate pass.
+    Rows go in blocks of about 16 KB of int8 activations (in L1 while every weight row passes
+    by: each weight is read once per block, once per call for a step's few rows)."""
+    rows, n, k = x.shape[0], w.shape[0], w.shape[1]
+    xs = np.empty(rows, dtype=np.float32)
+    acc = np.empty((rows, n), dtype=np.int32)
+    quantize_all(x, q, xs)
+    block = max(1, 16384 // k)
+    for low in range(0, rows, block):
+        for j in range(n):
+            for m in range(low, min(low + block, rows)):
+                dot = np.int32(0)
+                for i in range(k):
+                    dot += np.int32(q[m, i]) * np.int32(w[j, i])
+                acc[m, j] = dot
+    rescale_all(acc, xs, scale, bias, has_bias, out)
+
+
+@njit(cache=True)
+def softmax_digits(scores, k_mult, v_scale, q_scale, mask, table, p_max, digits, factor):
+    """exact_attention._attention's weights for a block of queries, in one pass per row:
+    scores float32 [B, Tq, K] (integer QK dots), k_mult and v_scale [B, K], q_scale [B, Tq],
+    mask float32 [M, Tq, K] (0 or +inf; M divides B, rows b share mask b // (B / M); M = 0:
+    none). Writes P = round(w * fl(p_max / max w)) as its two 7-bit digits, digits int8
+    [B, 2 Tq, K] (high rows first), and factor float64 [B, Tq] = max w / (sum E * p_max)."""
+    rows, tq, keys = scores.shape
+    share = rows // mask.shape[0] if mask.shape[0] else 1
+    u = np.empty(keys, dtype=np.float32)
+    w = np.empty(keys, dtype=np.float32)
+    pm32, pm64 = F32(p_max), F64(p_max)
+    for b in range(rows):
+        for i in range(tq):
+            umin = F32(np.inf)
+            for j in range(keys):
+                if mask.shape[0] and mask[b // share, i, j] != F32(0.0):
+                    u[j] = F32(np.inf)  # a masked key: +inf, its weight 0
+                else:
+                    u[j] = scores[b, i, j] * k_mult[b, j]
+                umin = min(umin, u[j])
+            total, wmax = exp_weights(u, umin, q_scale[b, i], v_scale[b], table, w)
+            mult = pm32 / wmax
+            for j in range(keys):
+                p = np.int32(np.rint(w[j] * mult))
+                digits[b, i, j] = np.int8(p >> 7)
+                digits[b, tq + i, j] = np.int8(p & 127)
+            factor[b, i] = F64(wmax) / (total * pm64)
