@@ -79,8 +79,8 @@ class ExactRunner:
         # weights, and 1 keeps masked keys at +inf rather than inf * 0), 0 for keys and values.
         self._dead_scale = torch.tensor([1.0, 0.0, 0.0], device=device).view(3, 1, 1)
         self._kv_factor = torch.tensor([attn.key_factor(config.head_dim), 1.0], device=device).view(2, 1, 1)
-        # On the CPU: steps of up to `compiled_max_rows` rows as one numba call (`exact_numba`), the other calls' linears and GELU
-        # with their elementwise passes compiled (`exact_cpu`); numba is imported here.
+        # On the CPU: steps of up to `compiled_max_rows` rows as one numba call (`exact_numba`),
+        # the other calls' linears and GELU with their elementwise passes compiled (`exact_cpu`).
         self.compiled, self._ops = None, ops
         if device.type == "cpu":
             from . import exact_cpu
