@@ -35,7 +35,7 @@ from models.tokens import FRAME_TOKENS as FRAME
 
 from .errors import CompressError
 from .frequencies import SYMBOLS
-from .table_kernels import mix_rows, record_rows
+from .table_kernels import frame_contexts, mix_rows, record_rows
 
 WIDTH = FRAME_SHAPE[1]  # cells per row of the 8x16 grid
 V_BITS = 16  # fixed-point bits of the learned logits v
@@ -127,22 +127,6 @@ class ContextMixer:
             raise CompressError(f"rows must be lanes 0..{self.lanes - 1}, got {rows.tolist()}")
         return rows
 
-    def _contexts(self, rows: np.ndarray, current: np.ndarray) -> np.ndarray:
-        """The contexts' symbols [B, K, 128] (-1: none) for lanes `rows`, given the current
-        frame's tokens `current` [B, 128] (a cell reads only cells before it)."""
-        out = np.full((len(rows), len(self.config.contexts), FRAME), -1, dtype=np.int64)
-        for k, kind in enumerate(self.config.contexts):
-            if kind in ("prev", "prev2"):
-                out[:, k] = self._prev[rows, 0 if kind == "prev" else 1]
-            elif kind == "above":
-                out[:, k, WIDTH:] = current[:, :-WIDTH]
-            elif kind == "left":
-                out[:, k, 1:] = current[:, :-1]
-                out[:, k, ::WIDTH] = -1
-            else:
-                out[:, k] = np.arange(FRAME)
-        return out
-
     def _mix(self, lanes: np.ndarray, cells: np.ndarray, frame_rows: np.ndarray, current: np.ndarray,
              model: np.ndarray) -> tuple:
         """Mixed tables [N, 1024] for N (lane, cell) rows, the cells' frames so far in
@@ -156,19 +140,28 @@ class ContextMixer:
         freq = np.empty((rows, SYMBOLS), dtype=np.int64)
         flat, n, sets = (np.empty((rows, k), dtype=np.int64) for _ in range(3))
         w = np.empty((rows, k), dtype=np.float64)
-        mix_rows(model, lanes, cells, frame_rows, current, *self.kernel_arrays()[:13], freq, flat, n, sets, w)
+        mix_rows(model, lanes, cells, frame_rows, current, *self._mix_state(), freq, flat, n, sets, w)
         return freq, model, flat, n, sets, w
 
     def _record(self, lanes, cells, tokens, freq, model, flat, n, sets, w) -> None:
         record_rows(lanes, cells, tokens, freq, model, self._counts.reshape(-1, SYMBOLS), flat, n, sets, w,
-                    self.config.prior, self._token, self._set, self._terms)
+                    self.config.prior, *self._record_state())
 
-    def kernel_arrays(self) -> tuple:
-        """What `frame_kernel.decode_frame` mixes and records with, as `mix_rows` and
-        `record_rows` take it; valid until the next `end_frame` (which replaces v)."""
+    def _mix_state(self) -> tuple:
+        """What `mix_rows` reads of this mixer, in its argument order (v is replaced by every
+        `end_frame`, so this is taken afresh)."""
         return (self._prev, self._group, self._kinds, WIDTH, self._offset, self._seen.reshape(-1), self._v,
                 self._counts.reshape(-1, SYMBOLS), self.config.prior, self.config.buckets, EXP,
-                V_BITS - TABLE_STEP, V_LIMIT >> TABLE_STEP, self._token, self._set, self._terms)
+                V_BITS - TABLE_STEP, V_LIMIT >> TABLE_STEP)
+
+    def _record_state(self) -> tuple:
+        """Where `record_rows` writes what `end_frame` learns from, in its argument order."""
+        return self._token, self._set, self._terms
+
+    def kernel_arrays(self) -> tuple:
+        """What `frame_kernel.decode_frame` mixes and records with: `_mix_state` then
+        `_record_state`; valid until the next `end_frame`."""
+        return self._mix_state() + self._record_state()
 
     def predict(self, position: int, model_freq: np.ndarray, partial_frame: np.ndarray,
                 rows: np.ndarray | None = None) -> np.ndarray:
@@ -235,7 +228,8 @@ class ContextMixer:
         which = np.broadcast_to(np.arange(k), sets.shape)
         np.add.at(total, (group[used], which[used], sets[used]), grad[used])
         self._v = np.clip(self._v + ((total * self.config.lr) >> self.config.lr_shift), -V_LIMIT, V_LIMIT)
-        context = self._contexts(rows, frames)
+        context = np.empty((len(rows), len(self._kinds), FRAME), dtype=np.int64)
+        frame_contexts(rows, frames, self._prev, self._kinds, WIDTH, context)
         known = context >= 0
         group = np.broadcast_to(self._group[rows][:, None, None], context.shape)[known]
         index = (context + self._offset[:, None])[known]

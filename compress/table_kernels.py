@@ -90,6 +90,17 @@ def _context(kind, prev, current, cell, width):
 
 
 @njit(cache=True)
+def frame_contexts(lanes, frames, prev, kinds, width, out):
+    """Every cell's context symbols, out int64 [B, K, 128] (-1: none), for lanes `lanes` whose
+    frames are frames [B, 128] and whose previous frames are prev[lane] [2, 128]: what
+    `end_frame` counts under, the rows `mix_rows` reads."""
+    for r in range(lanes.shape[0]):
+        for c in range(kinds.shape[0]):
+            for cell in range(frames.shape[1]):
+                out[r, c, cell] = _context(kinds[c], prev[lanes[r]], frames[r], cell, width)
+
+
+@njit(cache=True)
 def mix_rows(model, lanes, cells, frame_rows, current, prev, groups, kinds, width, offset, seen, v, counts,
              prior, buckets, exp, exp_shift, exp_zero, out, flat, n, sets, w):
     """The context mixer's tables (`mixing.ContextMixer`) for N rows: model tables int64

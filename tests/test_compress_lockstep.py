@@ -14,7 +14,7 @@ from compress.lanes import Segment, encode_teacher_forced
 from compress.lockstep import run_lockstep
 from compress.frequencies import SYMBOLS, frequency_tables
 from compress.mixing import CONTEXTS, ContextMixer, MixerConfig
-from compress.table_kernels import frequency_rows
+from compress.table_kernels import frame_contexts, frequency_rows
 from engine import Engine
 from models import GPT, GPTConfig, save_pretrained
 
@@ -113,20 +113,37 @@ def test_compiled_tables_equal_the_torch_tables() -> None:
     assert frequency_rows(logits, out) == 9
 
 
+def reference_context(kind: str, previous: np.ndarray, frame: np.ndarray, cell: int) -> int:
+    """The contexts as the mixer defines them (-1: none): the token at the cell in frame t-1
+    or t-2 (-1 before there is one), the token above or left of it in the frame being coded
+    (cells come in raster order, 16 to a row), or the cell itself."""
+    row, column = divmod(cell, 16)
+    if kind in ("prev", "prev2"):
+        return int(previous[0 if kind == "prev" else 1, cell])
+    if kind == "above":
+        return int(frame[cell - 16]) if row else -1
+    if kind == "left":
+        return int(frame[cell - 1]) if column else -1
+    return cell
+
+
 @pytest.mark.parametrize("contexts", [CONTEXTS, ("left", "above"), ("prev2",)])
-def test_the_kernel_reads_the_contexts_the_mixer_counts(contexts) -> None:
-    """`mix_rows` picks each cell's count rows from the same context symbols as `end_frame`
-    counts under (`ContextMixer._contexts`)."""
+def test_the_mixer_counts_and_reads_the_contexts_as_defined(contexts) -> None:
+    """`frame_contexts` (what `end_frame` counts under) and the count rows `mix_rows` reads
+    follow the definitions, after one frame (t-2 still missing) and after two."""
     rng = np.random.default_rng(len(contexts))
     mixer = ContextMixer(2, MixerConfig(contexts=contexts))
-    for _ in range(2):  # frames t-1 and t-2 become known
-        mixer.predict_frame(np.full((2, 128, SYMBOLS), 1, dtype=np.int64) + np.eye(SYMBOLS, dtype=np.int64)[0] *
-                            (2**24 - SYMBOLS), rng.integers(0, 1024, (2, 128)))
-        mixer.end_frame(mixer._token.copy())
-    current = rng.integers(0, 1024, (2, 128))
     model = np.full((2 * 128, SYMBOLS), 1, dtype=np.int64)
     model[:, 0] += 2**24 - SYMBOLS
-    _, _, flat, _, _, _ = mixer._mix(np.repeat([0, 1], 128), np.tile(np.arange(128), 2), np.repeat([0, 1], 128),
-                                     current, model)
-    expected = mixer._contexts(np.array([0, 1]), current).transpose(0, 2, 1).reshape(256, -1) + mixer._offset
-    assert np.array_equal(flat, expected)
+    lanes, cells = np.repeat([0, 1], 128), np.tile(np.arange(128), 2)
+    for _ in range(2):  # frame t-1 becomes known, then t-2
+        mixer.predict_frame(model.reshape(2, 128, SYMBOLS), rng.integers(0, 1024, (2, 128)))
+        mixer.end_frame(mixer._token.copy())
+        current = rng.integers(0, 1024, (2, 128))
+        expected = np.array([[[reference_context(kind, mixer._prev[lane], current[lane], cell) for cell in range(128)]
+                              for kind in contexts] for lane in range(2)])
+        got = np.empty_like(expected)
+        frame_contexts(np.arange(2), current, mixer._prev, mixer._kinds, 16, got)
+        assert np.array_equal(got, expected)
+        _, _, flat, _, _, _ = mixer._mix(lanes, cells, lanes, current, model)
+        assert np.array_equal(flat, expected.transpose(0, 2, 1).reshape(256, -1) + mixer._offset)
