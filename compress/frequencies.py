@@ -118,7 +118,7 @@ def _tables(x: torch.Tensor, out: torch.Tensor) -> None:
     """Write the tables of logits `x` [rows, symbols] into `out` (int64, same shape)."""
     high = x.amax(dim=1, keepdim=True)  # exact in any order; a NaN anywhere makes it NaN
     if not torch.isfinite(high).all():
-        raise CompressError("the model produced NaN or +inf logits")
+        raise nonfinite_logits()
     # (high - x) may overflow to inf (or be inf for a -inf logit); the clamp maps it, like
     # any far tail, to weight 0. int32 conversions: several times faster than int64 on CPUs.
     scaled = torch.sub(high, x).mul_(SCALE).clamp_(max=TABLE_SIZE - 1)  # 0 exactly where x == high
@@ -139,3 +139,8 @@ def _first_zero(scaled: torch.Tensor) -> torch.Tensor:
     if scaled.device.type == "cpu":  # numpy's SIMD argmin is ~20x faster than torch's on CPUs
         return torch.from_numpy(scaled.numpy().argmin(axis=1)[:, None])
     return scaled.argmin(dim=1, keepdim=True)  # both return the first index on ties
+
+
+def nonfinite_logits() -> CompressError:
+    """What a table maker raises for a row whose maximum is NaN or +inf."""
+    return CompressError("the model produced NaN or +inf logits")

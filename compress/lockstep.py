@@ -17,7 +17,7 @@ from models.tokens import FRAME_TOKENS
 from .coder import code_length, mismatch
 from .errors import CompressError
 from .frame_kernel import decode_frame
-from .frequencies import SYMBOLS, frequency_tables
+from .frequencies import SYMBOLS, frequency_tables, nonfinite_logits
 from .lanes import Progress, Segment, windows
 from .mixing import ContextMixer, MixerConfig
 from .table_kernels import frequency_rows
@@ -111,8 +111,10 @@ class _CompiledFrames:
             segment.decoder.state[:] = state
         if error == 1:
             raise mismatch()
+        if error == 2:
+            raise nonfinite_logits()
         if error:
-            raise CompressError("the model produced NaN or +inf logits" if error == 2 else "invalid model step")
+            raise CompressError("invalid model step")
 
 
 def _frame(streams, logits: torch.Tensor, active: np.ndarray, spans: list, current: np.ndarray,
@@ -147,7 +149,7 @@ def _tables(logits: torch.Tensor) -> np.ndarray:
         return frequency_tables(logits).cpu().numpy()
     out = np.empty((len(logits), SYMBOLS), dtype=np.int64)
     if frequency_rows(logits.numpy(), out) >= 0:
-        raise CompressError("the model produced NaN or +inf logits")
+        raise nonfinite_logits()
     return out
 
 
