@@ -120,6 +120,13 @@ def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:
         raise CompressError(f"cannot load the model: {exc}") from exc
 
 
+def share_threads(args: argparse.Namespace, files: int) -> None:
+    """Decoding without --threads: the usable CPUs shared among the worker processes (exact
+    files do not depend on it; a float file's engine sets the threads it records)."""
+    if args.threads is None:
+        torch.set_num_threads(max(1, usable_cpus() // max(1, min(args.jobs, files))))
+
+
 def progress_bar(total: int, quiet: bool) -> tqdm:
     """Shown only on a terminal; tqdm's rate is the coding speed in tokens/s."""
     return tqdm(total=total, unit="tok", unit_scale=True, dynamic_ncols=True,
@@ -177,8 +184,7 @@ def run_decode(args: argparse.Namespace, writer: Writer) -> None:
     writer.prepare(work, inputs, args.force)
     files = [read_bytes(job.source) for job in work.jobs]
     headers = [read_header(data) for data in files]
-    if args.threads is None:  # exact files: the CPUs shared among the processes (float files set their own)
-        torch.set_num_threads(max(1, usable_cpus() // max(1, min(args.jobs, len(files)))))
+    share_threads(args, len(files))
     with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
         for index, array in decode_in_processes(files, headers, args.model, args.batch, args.device, args.jobs,
                                                 bar.update):
@@ -211,6 +217,7 @@ def run_test(args: argparse.Namespace) -> None:
     check_options(args)
     files = [read_bytes(name) for name in args.files]
     headers = [read_header(data) for data in files]
+    share_threads(args, len(files))
     with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
         for index, _ in decode_in_processes(files, headers, args.model, None, args.device, args.jobs, bar.update):
             if not args.quiet:

@@ -301,3 +301,28 @@ def test_default_threads_follow_the_numerics(npy, model_dir, monkeypatch):
     seen.clear()
     assert main(["encode", str(npy), str(packed), "--model", str(model_dir), "-q", "-f", "--threads", "2"]) == 0
     assert seen[0] == 2
+
+
+def test_decode_and_test_share_the_cpus_among_their_jobs(npy, model_dir, monkeypatch):
+    """Without --threads, `decode` and `test` give each worker process its share of the usable
+    CPUs (not all of them to each); --threads wins."""
+    import argparse
+
+    import torch
+
+    from compress import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    for threads, jobs, files, want in ((None, 2, 3, 2), (None, 4, 1, 4), (None, 3, 5, 1), (2, 4, 4, None)):
+        seen.clear()
+        cli.share_threads(argparse.Namespace(threads=threads, jobs=jobs), files)
+        assert seen == ([] if want is None else [want])
+    packed = npy.with_name("a.npy.cvq")
+    assert main(["encode", str(npy), str(packed), "--model", str(model_dir), "-q", "-f"]) == 0
+    shared = []
+    monkeypatch.setattr(cli, "share_threads", lambda args, files: shared.append(files))
+    assert main(["test", str(packed), "--model", str(model_dir), "-q"]) == 0
+    assert main(["decode", str(packed), str(npy.with_name("b.npy")), "--model", str(model_dir), "-q"]) == 0
+    assert shared == [1, 1]
