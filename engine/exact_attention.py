@@ -66,8 +66,6 @@ def attention(
     `_integer_pv`), the same integers, 5-7x faster at gpt2m's lengths than float bmm."""
     block, tk = ATTENTION_BLOCK, k.shape[-2]
     if q.shape[-2] <= block:  # one block (a decode step): no slicing, every key is read
-        if scores is None and k.dtype == torch.int8:
-            scores = integer_scores(q, k)
         wide = _attention(q, q_scale, k, k_mult, v, v_scale, mask, table, *pv_max, scores)
         return wide.float() if out is None else out.copy_(wide)
     out = torch.empty(q.shape, device=q.device) if out is None else out
@@ -76,15 +74,10 @@ def attention(
     for lo in range(0, q.shape[-2], block):
         keys = min(tk, last_key + lo + block)
         rows = slice(lo, lo + block)
-        if scores is not None:
-            block_scores = scores[..., rows, :keys]
-        elif k.dtype == torch.int8:
-            block_scores = integer_scores(q[..., rows, :], k[..., :keys, :])
-        else:
-            block_scores = None
         out[..., rows, :].copy_(_attention(
             q[..., rows, :], q_scale[..., rows, :], k[..., :keys, :], k_mult[..., :keys], v[..., :keys, :],
-            v_scale[..., :keys], None if mask is None else mask[..., rows, :keys], table, *pv_max, block_scores,
+            v_scale[..., :keys], None if mask is None else mask[..., rows, :keys], table, *pv_max,
+            None if scores is None else scores[..., rows, :keys],
         ))
     return out
 
@@ -123,7 +116,9 @@ def _attention(
     keys = k.shape[-2]
     if d > F32_EXACT_K:
         raise EngineError(f"attention: head_dim {d} exceeds {F32_EXACT_K}, QK^T would not be exact in float32")
-    if u is None:  # bmm on [batch * head] rather than matmul's broadcasting: fewer ops a call
+    if u is None and k.dtype == torch.int8:  # the int8 cache itself: QK^T as int8 matmuls
+        u = integer_scores(q, k)
+    elif u is None:  # bmm on [batch * head] rather than matmul's broadcasting: fewer ops a call
         u = torch.bmm(q.reshape(-1, tq, d), k.reshape(-1, keys, d).transpose(1, 2)).view(*lead, tq, keys)
     if v.dtype == torch.int8:  # the CPU's long contexts: the passes below fused, P V in int8 matmuls
         return _fused_int8(u, q_scale, k_mult, v, v_scale, mask, table, p_max)
