@@ -89,6 +89,23 @@ def test_compiled_forward_equals_the_torch_ops(name: str) -> None:
         both(step, np.full(rows, position), np.ones(rows, dtype=np.int64))  # lockstep, up to the last position
 
 
+def test_a_whole_gpt2m_window_prefills_the_same_compiled_and_in_torch() -> None:
+    """gpt2m's window, 20 frames of 129 positions (its long-context attention: int8 matmuls
+    and the fused softmax in torch's prefill), real frames where present: a full window and
+    contexts of other lengths in one call, then a step at the last position."""
+    runner = ExactRunner(MODELS["wide"](), max_batch=3)
+    positions = runner.config.n_positions
+    assert positions == 20 * 129
+    window = np.full((3, positions), 1024, dtype=np.int64)
+    window.reshape(3, 20, 129)[:, :, 1:] = frames(60, seed=3).reshape(3, 20, 128)
+    lens = np.array([positions, 1291, 65])
+    zero = np.zeros(3, dtype=np.int64)
+    assert_same(torch_forward(runner, window, zero, lens), compiled_forward(runner, window, zero, lens), np.arange(3))
+    reference = torch_forward(runner, window[:, :1], lens - 1, np.ones(3, dtype=np.int64))
+    assert_same(reference, compiled_forward(runner, window[:, :1], lens - 1, np.ones(3, dtype=np.int64)),
+                np.arange(3))
+
+
 def test_steps_of_the_runner_take_the_compiled_path_and_check_their_input() -> None:
     runner = ExactRunner(MODELS["one head"](), max_batch=2)
     calls = []
