@@ -69,26 +69,45 @@ def attention(
         wide = _attention(q, q_scale, k, k_mult, v, v_scale, mask, table, *pv_max, scores)
         return wide.float() if out is None else out.copy_(wide)
     out = torch.empty(q.shape, device=q.device) if out is None else out
+    work = None
     if k.dtype == torch.int8:  # the blocks' int8 matmuls read [batch * head] matrices: lay them out once
         k, v = k.contiguous(), v.contiguous()
+        work = Workspace(math.prod(q.shape[:-2]) * block * tk)
     for lo in range(0, q.shape[-2], block):
         keys = min(tk, last_key + lo + block)
         rows = slice(lo, lo + block)
         out[..., rows, :].copy_(_attention(
             q[..., rows, :], q_scale[..., rows, :], k[..., :keys, :], k_mult[..., :keys], v[..., :keys, :],
             v_scale[..., :keys], None if mask is None else mask[..., rows, :keys], table, *pv_max,
-            None if scores is None else scores[..., rows, :keys],
+            None if scores is None else scores[..., rows, :keys], work,
         ))
     return out
 
 
-def integer_scores(q: Tensor, k: Tensor, path: str | None = None) -> Tensor:
-    """QK^T of float32 integers |x| <= 127 [..., T, d], [..., Tk, d] -> float32 [..., T, Tk]: the
-    integers attention's float32 matmul gives, by int8 matmuls (measured 1.5x faster over
-    whole sequences; a step's single query stays with the batched float matmul)."""
+class Workspace:
+    """The int8 path's per-block scores (float32) and P digits (int8), reused by every block
+    of an `attention` call: a fresh multi-megabyte tensor per block cost as much in page
+    faults as the softmax's arithmetic (measured: 1.31 vs 0.61 ns a weight)."""
+
+    def __init__(self, size: int) -> None:
+        self._scores = torch.empty(size)
+        self._digits = torch.empty(2 * size, dtype=torch.int8)
+
+    def scores(self, *shape: int) -> Tensor:
+        return self._scores[: math.prod(shape)].view(shape)
+
+    def digits(self, *shape: int) -> Tensor:
+        return self._digits[: math.prod(shape)].view(shape)
+
+
+def integer_scores(q: Tensor, k: Tensor, path: str | None = None, out: Tensor | None = None) -> Tensor:
+    """QK^T of float32 integers |x| <= 127 [..., T, d], [..., Tk, d] -> float32 [..., T, Tk]
+    (into `out`, contiguous, if given): the integers attention's float32 matmul gives, by int8
+    matmuls (measured 1.5x faster over whole sequences; a step's single query stays with the
+    batched float matmul)."""
     *lead, tq, d = q.shape
     tk = k.shape[-2]
-    out = torch.empty(*lead, tq, tk, device=q.device)
+    out = torch.empty(*lead, tq, tk, device=q.device) if out is None else out
     pairs = zip(q.to(torch.int8).reshape(-1, tq, d), k.to(torch.int8).reshape(-1, tk, d))
     for o, (a, b) in zip(out.view(-1, tq, tk), pairs):
         o.copy_(int_matmul(a, b, path))
@@ -104,6 +123,7 @@ def causal_mask(query_pos: Tensor, keys: int) -> Tensor:
 def _attention(
     q: Tensor, q_scale: Tensor, k: Tensor, k_mult: Tensor, v: Tensor, v_scale: Tensor,
     mask: Tensor | None, table: Tensor, p_max: int, pv_dtype: torch.dtype, u: Tensor | None = None,
+    work: Workspace | None = None,
 ) -> Tensor:
     """QK^T: float32 matmul of integers, |sum| <= 127**2 * d < 2**24 for d <= 1040: exact.
     u = QK * k_mult, masked keys +inf; the exponent on a 2**-8 grid is i = trunc((u - min u)
@@ -117,11 +137,11 @@ def _attention(
     if d > F32_EXACT_K:
         raise EngineError(f"attention: head_dim {d} exceeds {F32_EXACT_K}, QK^T would not be exact in float32")
     if u is None and k.dtype == torch.int8:  # the int8 cache itself: QK^T as int8 matmuls
-        u = integer_scores(q, k)
+        u = integer_scores(q, k, out=None if work is None else work.scores(*lead, tq, keys))
     elif u is None:  # bmm on [batch * head] rather than matmul's broadcasting: fewer ops a call
         u = torch.bmm(q.reshape(-1, tq, d), k.reshape(-1, keys, d).transpose(1, 2)).view(*lead, tq, keys)
     if v.dtype == torch.int8:  # the CPU's long contexts: the passes below fused, P V in int8 matmuls
-        return _fused_int8(u, q_scale, k_mult, v, v_scale, mask, table, p_max)
+        return _fused_int8(u, q_scale, k_mult, v, v_scale, mask, table, p_max, work)
     if mask is None:
         u.mul_(k_mult)
     else:  # mask + u * k_mult in one pass: adding 0 keeps the rounded product, fused or not
@@ -141,7 +161,7 @@ def _attention(
 
 
 def _fused_int8(u: Tensor, q_scale: Tensor, k_mult: Tensor, v: Tensor, v_scale: Tensor, mask: Tensor | None,
-                table: Tensor, p_max: int) -> Tensor:
+                table: Tensor, p_max: int, work: Workspace | None) -> Tensor:
     """`_attention` from its scores u on, for int8 v: the weights in one compiled pass per
     row (`exact_numba_ops.softmax_digits`: the same operations in the same order), then
     `_integer_pv` on P's digits."""
@@ -150,11 +170,13 @@ def _fused_int8(u: Tensor, q_scale: Tensor, k_mult: Tensor, v: Tensor, v_scale: 
     *lead, tq, keys = u.shape
     rows, d = u.numel() // (tq * keys), v.shape[-1]
     masks = mask.reshape(-1, tq, keys) if mask is not None else torch.empty(0, tq, keys)
-    digits = torch.empty(rows, 2 * tq, keys, dtype=torch.int8)
+    shape = (rows, 2 * tq, keys)
+    digits = torch.empty(shape, dtype=torch.int8) if work is None else work.digits(*shape)
     factor = torch.empty(rows, tq, 1, dtype=torch.float64)
-    softmax_digits(u.reshape(rows, tq, keys).numpy(), k_mult.reshape(rows, keys).numpy(),
-                   v_scale.reshape(rows, keys).numpy(), q_scale.reshape(rows, tq).numpy(), masks.numpy(),
-                   table.numpy(), p_max, digits.numpy(), factor.view(rows, tq).numpy())
+    # Contiguous arrays: numba compiles strided ones into loops that do not vectorize (2x slower).
+    dense = [t.reshape(rows, -1).contiguous().numpy() for t in (k_mult, v_scale, q_scale)]
+    softmax_digits(u.reshape(rows, tq, keys).numpy(), *dense, masks.contiguous().numpy(), table.numpy(), p_max,
+                   digits.numpy(), factor.view(rows, tq).numpy())
     return _integer_pv(digits, v.reshape(rows, keys, d)).mul_(factor).view(*lead, tq, d)
 
 

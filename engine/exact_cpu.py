@@ -1,7 +1,8 @@
-"""`exact_ops.linear` and `exact_ops.gelu` for the CPU, with the same signatures and bits:
-the elementwise passes around the int8 matmul (row quantization, the float32 epilogue) and
-GELU's table lookups each run as one compiled pass (`exact_numba_ops`) instead of four to
-six torch ops. The runner picks these on the CPU (a gpt2m-width prefill: 1.02 -> 0.85 s,
+"""`exact_ops.linear`, `gelu` and `layer_norm` (and the runner's quantization of q, k, v)
+for the CPU, with the same signatures and bits: the elementwise passes around the int8
+matmul (row quantization, the float32 epilogue), GELU's table lookups and LayerNorm's
+passes each run as one compiled pass (`exact_numba_ops`) instead of four to a dozen torch
+ops. The runner picks these on the CPU (a gpt2m-width prefill: 1.02 -> 0.85 s,
 GELU's lookups alone had been a quarter of it); tests compare them with `exact_ops` bitwise.
 """
 from __future__ import annotations
@@ -10,8 +11,10 @@ import torch
 from torch import Tensor
 
 from . import exact_numba_ops as kernels
+from .exact_numba_ops import LN_EPS_SCALE
 from .exact_ops import gelu as reference_gelu
 from .exact_ops import int_matmul
+from .exact_ops import layer_norm as reference_layer_norm
 from .exact_ops import linear as reference_linear
 from .quantize import QuantizedLinear
 
@@ -37,3 +40,24 @@ def gelu(x: Tensor, table: Tensor) -> Tensor:
         return reference_gelu(x, table)
     kernels.gelu(x.view(-1).numpy(), table.numpy())
     return x
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """exact_ops.layer_norm for float32 [M, width] CPU rows (other shapes take it as is)."""
+    if x.dim() != 2 or x.device.type != "cpu":
+        return reference_layer_norm(x, weight, bias, eps)
+    out = torch.empty(x.shape)
+    kernels.layer_norm_all(x.contiguous().numpy(), weight.numpy(), bias.numpy(), eps * LN_EPS_SCALE, out.numpy())
+    return out
+
+
+def quantize_heads(qkv: Tensor, dead_scale: Tensor, kv_factor: Tensor, vals: Tensor, kv_scale: Tensor) -> Tensor:
+    """ExactRunner._quantize_qkv's chunk quantization on the CPU: qkv float32 [rows, chunk,
+    3, head, d] into vals [3, rows, head, chunk, d] and kv_scale [2, rows, head, 1, chunk]
+    (contiguous, the runner's layout); returns the queries' scales [rows, chunk, head, 1]."""
+    rows, chunk, _, heads, _ = qkv.shape
+    q_scale = torch.empty(rows, chunk, heads, 1)
+    kernels.quantize_heads(qkv.reshape(rows * chunk, *qkv.shape[2:]).contiguous().numpy(),
+                           dead_scale.view(3).numpy(), kv_factor.view(2).numpy(), vals.numpy(),
+                           q_scale.view(rows * chunk, heads).numpy(), kv_scale.view(2, rows, heads, chunk).numpy())
+    return q_scale

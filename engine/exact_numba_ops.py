@@ -10,7 +10,10 @@ recompile)."""
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
 
 from .exact_ops import GELU_RANGE, GELU_STEP_BITS, LN_BITS
 from .quantize import QMAX, TINY
@@ -22,6 +25,18 @@ LN_EPS_SCALE = 2.0 ** (2 * LN_BITS)  # layer_norm's eps is taken times this
 GELU_SCALE32 = F32(2.0**GELU_STEP_BITS)
 GELU_LIMIT = GELU_RANGE * 2**GELU_STEP_BITS
 GELU_RANGE32 = F32(GELU_RANGE)
+SIGN_FREE = np.int32(0x7FFFFFFF)  # a float's bits but the sign
+
+
+@intrinsic
+def as_float32(typingctx, bits):
+    """The float32 whose bit pattern is the int32 `bits` (a register move, where a one-element
+    array's view allocates)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
 
 
 @njit(cache=True)
@@ -32,7 +47,7 @@ def abs_max(x):
     top = np.int32(0)
     for i in range(bits.shape[0]):
         top = max(top, bits[i] & np.int32(0x7FFFFFFF))
-    return np.array([top], dtype=np.int32).view(np.float32)[0]
+    return as_float32(top)
 
 
 @njit(cache=True)
@@ -76,6 +91,38 @@ def layer_norm(x, weight, bias, eps_2_40, out):
 
 
 @njit(cache=True)
+def layer_norm_all(x, weight, bias, eps_2_40, out):
+    """`layer_norm` on every row of x float32 [M, width] into out [M, width]."""
+    for m in range(x.shape[0]):
+        layer_norm(x[m], weight, bias, eps_2_40, out[m])
+
+
+@njit(cache=True)
+def quantize_heads(qkv, dead_scale, kv_factor, vals, q_scale, kv_scale):
+    """ExactRunner._quantize_qkv for a chunk, as quantize_rows (ints=False) computes it:
+    qkv float32 [rows * chunk, 3, head, d] -> vals float32 integers [3, rows, head, chunk, d],
+    q_scale [rows * chunk, head], kv_scale [2, rows, head, chunk] (times kv_factor [2]); a
+    dead row (below TINY) multiplies by 0 and takes dead_scale [3] of its part."""
+    rows, heads, chunk, d = vals.shape[1], vals.shape[2], vals.shape[3], vals.shape[4]
+    for m in range(rows * chunk):
+        r, c = m // chunk, m % chunk
+        for part in range(3):
+            for hd in range(heads):
+                x = qkv[m, part, hd]
+                peak = abs_max(x)
+                live = peak >= TINY32
+                mult = QMAX32 / peak if live else F32(0.0)
+                dst = vals[part, r, hd, c]
+                for i in range(d):
+                    dst[i] = np.rint(x[i] * mult)
+                scale = peak / QMAX32 if live else dead_scale[part]
+                if part == 0:
+                    q_scale[m, hd] = scale
+                else:
+                    kv_scale[part - 1, r, hd, c] = scale * kv_factor[part - 1]
+
+
+@njit(cache=True)
 def gelu(x, table):
     """exact_ops.gelu in place: the table entry at the nearest 2**-10 grid point; x > 8 as is."""
     limit_half = F32(GELU_LIMIT + 0.5)
@@ -90,22 +137,44 @@ def gelu(x, table):
 
 
 @njit(cache=True)
-def exp_weights(u, umin, q_scale, v_scale, table, w):
+def min_value(u):
+    """min of float32 u [K] (K >= 1, no NaN): an integer min over the bit patterns mapped to
+    integers in the floats' order (a float min does not vectorize without fast-math). Of
+    -0 and +0 it returns -0, where torch's amin may return either: u - umin is the same."""
+    bits = u.view(np.int32)
+    low = SIGN_FREE
+    for j in range(bits.shape[0]):
+        b = bits[j]
+        low = min(low, b ^ ((b >> 31) & SIGN_FREE))
+    return as_float32(low ^ ((low >> 31) & SIGN_FREE))
+
+
+@njit(cache=True)
+def exp_weights(u, umin, q_scale, v_scale, table, idx, w):
     """The softmax's weights of one query (exact_attention._attention) from its keys' scores
     u [K] (+inf: masked) and their minimum: E = table[trunc(min((u - umin) * q_scale, last))]
-    (0 for masked keys and far tails), w = E * v_scale into w [K]. Returns sum E (float64:
-    integers, exact) and max w (1 where no weight is positive)."""
+    (0 for masked keys and far tails), w = E * v_scale into w [K]; idx int32 [K] is scratch.
+    Returns sum E (float64: integers, exact) and max w (1 where no weight is positive). In
+    passes that vectorize, but for the table's gather: sum E in int64 (the same integers),
+    max w on the bit patterns (w >= 0, whose integer order is theirs)."""
+    keys = u.shape[0]
     last = F32(table.shape[0] - 1)
-    total = F64(0.0)
-    wmax = F32(-np.inf)
-    for j in range(u.shape[0]):
-        e = table[np.int32(min((u[j] - umin) * q_scale, last))]
-        total += F64(e)
-        w[j] = e * v_scale[j]
-        wmax = max(wmax, w[j])
+    for j in range(keys):
+        idx[j] = np.int32(min((u[j] - umin) * q_scale, last))
+    for j in range(keys):
+        w[j] = table[idx[j]]
+    total = np.int64(0)
+    for j in range(keys):
+        total += np.int64(w[j])
+        w[j] = w[j] * v_scale[j]
+    bits = w.view(np.int32)
+    top = np.int32(0)
+    for j in range(keys):
+        top = max(top, bits[j])
+    wmax = as_float32(top)
     if not wmax > F32(0.0):
         wmax = ONE32
-    return total, wmax
+    return F64(total), wmax
 
 
 @njit(cache=True)
@@ -116,9 +185,12 @@ def attend(q, q_scale, cache, scales, pos, table, p_max, out):
     keys = pos + 1
     u = np.empty(keys, dtype=np.float32)
     w = np.empty(keys, dtype=np.float32)
+    idx = np.empty(keys, dtype=np.int32)
     acc = np.empty(d, dtype=np.int64)
     acc32 = np.empty(d, dtype=np.int32)
-    narrow = p_max * QMAX * keys < 2**31
+    # P V summed in int32 over runs of keys short enough not to overflow (|P v| <= p_max 127),
+    # then in int64: int32 multiplies vectorize twice as wide.
+    run = max(1, (2**31 - 1) // (p_max * QMAX))
     pm32, pm64 = F32(p_max), F64(p_max)
     for h in range(heads):
         umin = F32(np.inf)
@@ -130,22 +202,17 @@ def attend(q, q_scale, cache, scales, pos, table, p_max, out):
             u[j] = uj
             if uj < umin:
                 umin = uj
-        total, wmax = exp_weights(u, umin, q_scale[h], scales[1, h], table, w)
+        total, wmax = exp_weights(u, umin, q_scale[h], scales[1, h], table, idx, w)
         mult = pm32 / wmax
-        if narrow:  # sum P V fits int32 (p_max 127 keys < 2**31): the faster multiplies
+        acc[:] = 0
+        for low in range(0, keys, run):
             acc32[:] = 0
-            for j in range(keys):
-                p32 = np.int32(np.rint(w[j] * mult))
+            for j in range(low, min(low + run, keys)):
+                p = np.int32(np.rint(w[j] * mult))
                 for i in range(d):
-                    acc32[i] += p32 * np.int32(cache[1, h, j, i])
+                    acc32[i] += p * np.int32(cache[1, h, j, i])
             for i in range(d):
-                acc[i] = acc32[i]
-        else:
-            acc[:] = 0
-            for j in range(keys):
-                p = np.int64(np.rint(w[j] * mult))
-                for i in range(d):
-                    acc[i] += p * np.int64(cache[1, h, j, i])
+                acc[i] += acc32[i]
         factor = F64(wmax) / (total * pm64)
         for i in range(d):
             out[h * d + i] = F32(F64(acc[i]) * factor)
@@ -202,17 +269,18 @@ def softmax_digits(scores, k_mult, v_scale, q_scale, mask, table, p_max, digits,
     share = rows // mask.shape[0] if mask.shape[0] else 1
     u = np.empty(keys, dtype=np.float32)
     w = np.empty(keys, dtype=np.float32)
+    idx = np.empty(keys, dtype=np.int32)
     pm32, pm64 = F32(p_max), F64(p_max)
     for b in range(rows):
         for i in range(tq):
-            umin = F32(np.inf)
-            for j in range(keys):
-                if mask.shape[0] and mask[b // share, i, j] != F32(0.0):
-                    u[j] = F32(np.inf)  # a masked key: +inf, its weight 0
-                else:
+            if mask.shape[0]:
+                m = mask[b // share, i]
+                for j in range(keys):  # a masked key: +inf, its weight 0
+                    u[j] = F32(np.inf) if m[j] != F32(0.0) else scores[b, i, j] * k_mult[b, j]
+            else:
+                for j in range(keys):
                     u[j] = scores[b, i, j] * k_mult[b, j]
-                umin = min(umin, u[j])
-            total, wmax = exp_weights(u, umin, q_scale[b, i], v_scale[b], table, w)
+            total, wmax = exp_weights(u, min_value(u), q_scale[b, i], v_scale[b], table, idx, w)
             mult = pm32 / wmax
             for j in range(keys):
                 p = np.int32(np.rint(w[j] * mult))

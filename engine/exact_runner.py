@@ -98,7 +98,7 @@ class ExactRunner:
         w, shape = self.weights, (rows, chunk, 3, self.heads, self.head_dim)
         last = len(w.blocks) - 1
         for layer, block in enumerate(w.blocks):
-            h = ops.layer_norm(x, *block.ln_1, w.eps)
+            h = self._ops.layer_norm(x, *block.ln_1, w.eps)
             qkv = self._ops.linear(h, block.attn, self.matmul_path).view(shape)
             vals, q_scale, kv_scale = self._quantize_qkv(qkv)
             q = vals[:, :, 0]
@@ -107,7 +107,7 @@ class ExactRunner:
                 x = narrow(x.view(rows, chunk, -1)).reshape(-1, x.shape[-1])
             y = attend(layer, q, q_scale, vals[:, :, 1:], kv_scale, layer == last and narrow is not None)
             x = x.add_(self._ops.linear(y, block.proj, self.matmul_path))  # x is this pass's own tensor
-            h = ops.layer_norm(x, *block.ln_2, w.eps)
+            h = self._ops.layer_norm(x, *block.ln_2, w.eps)
             h = self._ops.gelu(self._ops.linear(h, block.fc, self.matmul_path), self.gelu_table)
             x = x.add_(self._ops.linear(h, block.mlp_proj, self.matmul_path))
         return x
@@ -121,13 +121,17 @@ class ExactRunner:
             return vals, scales[:, :, 0], scales[:, :, 1:] * self._kv_factor
         # Laid out as [q/k/v, rows, head, chunk, d] and [k/v, rows, head, 1, chunk] (seen in qkv's
         # order): contiguous per head for attention's matmuls and its rows of scales.
-        laid = torch.empty(3, rows, heads, chunk, d, device=qkv.device).permute(1, 3, 0, 2, 4)
-        vals, scales = ops.quantize_rows(qkv, ints=False, dead_scale=self._dead_scale, out=laid)
-        kv_scale = torch.empty(2, rows, heads, 1, chunk, device=qkv.device).permute(1, 4, 0, 2, 3)
-        return vals, scales[:, :, 0], torch.mul(scales[:, :, 1:], self._kv_factor, out=kv_scale)
+        laid = torch.empty(3, rows, heads, chunk, d, device=qkv.device)
+        kv_scale = torch.empty(2, rows, heads, 1, chunk, device=qkv.device)
+        vals, kv_seen = laid.permute(1, 3, 0, 2, 4), kv_scale.permute(1, 4, 0, 2, 3)
+        if self.compiled is not None:  # the CPU: one compiled pass
+            q_scale = self._ops.quantize_heads(qkv, self._dead_scale, self._kv_factor, laid, kv_scale)
+            return vals, q_scale, kv_seen
+        vals, scales = ops.quantize_rows(qkv, ints=False, dead_scale=self._dead_scale, out=vals)
+        return vals, scales[:, :, 0], torch.mul(scales[:, :, 1:], self._kv_factor, out=kv_seen)
 
     def _logits(self, x: Tensor, out: Tensor) -> None:
-        x = ops.layer_norm(x, *self.weights.ln_f, self.weights.eps)
+        x = self._ops.layer_norm(x, *self.weights.ln_f, self.weights.eps)
         self._ops.linear(x, self.weights.lm_head, self.matmul_path, out=out)
 
     def _check(self, tokens: Tensor, values: bool = True) -> None:
@@ -181,6 +185,10 @@ class ExactRunner:
             return out
         starts, lens = start.tolist(), query_lens.tolist()
         self._check_values(tokens, starts, lens)
+        # Positions past every row's real tokens (a static-shape caller's padding) change no
+        # bit: they write no K/V and return no logits. Skipping them saves their work.
+        tokens = tokens[:, : max(max(lens, default=0), 1)]
+        chunk = tokens.shape[1]
         with torch.inference_mode():
             if rows and chunk == 1 and min(lens) == 1 and min(starts) == max(starts):
                 self._step(tokens[:, 0], starts[0], out)

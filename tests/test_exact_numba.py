@@ -191,3 +191,57 @@ def test_the_cpu_linear_and_gelu_equal_the_torch_ops() -> None:
     h = torch.randn(20, 512, generator=g) * 6
     want = ops.gelu(h, runner.gelu_table)
     assert torch.equal(exact_cpu.gelu(h.clone(), runner.gelu_table).view(torch.int32), want.view(torch.int32))
+
+
+def test_the_cpu_prefill_equals_the_torch_ops_alone(monkeypatch) -> None:
+    """The CPU's prefill (exact_cpu: LayerNorm, linears, GELU and the q/k/v quantization
+    compiled; long contexts attending on the int8 cache with the compiled softmax) against the
+    torch ops alone (exact_ops, float attention), at gpt2m's window length: logits and cache."""
+    from engine import exact_attention as attn
+    from engine import exact_ops
+
+    model = MODELS["wide"]()
+    cpu, alone = ExactRunner(model, max_batch=3), ExactRunner(model, max_batch=3)
+    alone.compiled, alone._ops = None, exact_ops
+    positions = cpu.config.n_positions
+    window = np.full((3, positions), 1024, dtype=np.int64)
+    window.reshape(3, 20, 129)[:, :, 1:] = frames(60, seed=5).reshape(3, 20, 128)
+    tokens, start, lens = torch.from_numpy(window), torch.zeros(3, dtype=torch.int32), torch.tensor([positions, 700, 3])
+    got = cpu.forward(tokens, start, lens.int()).numpy()
+    monkeypatch.setattr(attn, "int8_pays", lambda pv_max: False)
+    want = alone.forward(tokens, start, lens.int()).numpy()
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    assert torch.equal(cpu.kv, alone.kv) and torch.equal(cpu.kv_scale.view(torch.int32), alone.kv_scale.view(torch.int32))
+
+
+def test_compiled_qkv_quantization_equals_the_torch_ops() -> None:
+    """exact_cpu.quantize_heads against quantize_rows: rows of every scale, dead rows (zero and
+    below TINY) of each part, whose scales are the runner's dead scales."""
+    runner = ExactRunner(MODELS["one head"](), max_batch=2)
+    g = torch.Generator().manual_seed(9)
+    qkv = torch.randn(2, 30, 3, 1, 16, generator=g) * torch.logspace(-10, 10, 30)[None, :, None, None, None]
+    qkv[0, 3] = 0.0
+    qkv[1, 4, 1] = 1e-45
+    got = runner._quantize_qkv(qkv)
+    compiled, runner.compiled = runner.compiled, None
+    try:
+        want = runner._quantize_qkv(qkv)
+    finally:
+        runner.compiled = compiled
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert got[0].stride() == want[0].stride() and got[2].stride() == want[2].stride()  # the runner's layout
+
+
+def test_min_value_is_the_minimum_on_integer_keys() -> None:
+    """exact_numba_ops.min_value (an integer min over the floats' order keys) equals the float
+    minimum, -0 for a zero minimum, with +inf (masked keys) and negative values present."""
+    from engine.exact_numba_ops import min_value
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        u = (rng.standard_normal(rng.integers(1, 40)) * 10.0 ** rng.integers(-30, 30)).astype(np.float32)
+        u[rng.random(u.shape[0]) < 0.3] = np.inf
+        assert min_value(u) == u.min()
+    assert np.signbit(min_value(np.array([0.0, -0.0, 1.0], dtype=np.float32)))
+    assert min_value(np.array([np.inf, 3.0], dtype=np.float32)) == 3.0
