@@ -139,7 +139,8 @@ def main() -> None:
         exact_batch = time_imagine(exact, drives, args.frames)
         print(f"engine exact batch 1: {exact_frame * 1e3:9.1f} ms/frame  {config.frame_tokens / exact_frame:8.1f} "
               f"tokens/s ({per_frame / exact_frame:.2f}x float)")
-        print(f"engine exact batch {args.batch}: {args.batch / exact_batch:9.2f} frames/s "
+        print(f"engine exact batch {args.batch}: {exact_batch * 1e3:9.1f} ms/frame  "
+              f"{args.batch * config.frame_tokens / exact_batch:8.1f} tokens/s  {args.batch / exact_batch:.2f} frames/s "
               f"({per_frame_batch / exact_batch:.2f}x float)")
     if hf is not None:
         with torch.no_grad():
@@ -151,6 +152,9 @@ def main() -> None:
               f"{args.batch * config.frame_tokens / hf_batch:8.1f} tokens/s  {args.batch / hf_batch:.2f} frames/s")
         print(f"speed-up vs transformers: {hf_frame / per_frame:.2f}x per frame at batch 1, "
               f"{hf_batch / per_frame_batch:.2f}x at batch {args.batch}")
+        if args.exact:
+            print(f"speed-up vs transformers, exact numerics: {hf_frame / exact_frame:.2f}x per frame at batch 1, "
+                  f"{hf_batch / exact_batch:.2f}x at batch {args.batch}")
     if args.gpt_fast:
         time_gpt_fast_side_by_side(model, drives, args, device, dtype, (per_frame, per_frame_batch))
 
