@@ -18,7 +18,8 @@ import torch
 
 from bench.compress import cpu_name
 from compress import CodecParams, default_engine, encode_many, read_header
-from compress.parallel import decode_in_processes, usable_cpus
+from compress.defaults import usable_cpus
+from compress.parallel import decode_in_processes
 
 
 def main() -> None:

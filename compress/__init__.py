@@ -12,16 +12,16 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .api import Encoded, decode, decode_many, default_engine, encode, encode_many, engine_for, fitted_batch, read_header
+    from .api import Encoded, decode, decode_many, default_engine, encode, encode_many, engine_for, fitted_batch
     from .errors import CompressError, CorruptFileError, ModelMismatchError, UnsupportedFormatError
-    from .format import Header
+    from .format import Header, read_header
     from .lanes import CodecParams
 
 _HOMES = {
     **dict.fromkeys(("Encoded", "decode", "decode_many", "default_engine", "encode", "encode_many", "engine_for",
-                     "fitted_batch", "read_header"), ".api"),
+                     "fitted_batch"), ".api"),
     **dict.fromkeys(("CompressError", "CorruptFileError", "ModelMismatchError", "UnsupportedFormatError"), ".errors"),
-    "Header": ".format",
+    **dict.fromkeys(("Header", "read_header"), ".format"),
     "CodecParams": ".lanes",
 }
 __all__ = sorted(_HOMES)

@@ -15,13 +15,14 @@ from models.tokens import FRAME_TOKENS, TOKEN_VALUES, frame_tokens
 
 from .coder import PRECISION, TokenDecoder
 from .errors import CompressError, CorruptFileError, ModelMismatchError, TokenChecksumError, UnsupportedFormatError
-from .format import CODED, MAX_BATCH, RAW, TABLES, Header, lane_bounds, pack, pack_raw, raw_length, unpack, unpack_raw
+from .format import (CODED, MAX_BATCH, RAW, TABLES, Header, lane_bounds, pack, pack_raw, raw_length, read_header, unpack,
+                     unpack_raw)
 from .frequencies import TABLES_VERSION, TOTAL
-from .lanes import DEFAULT_LANES, CodecParams, Progress, Segment, check_params, encode_teacher_forced
+from .defaults import DEFAULT_LANES, DEFAULT_MAX_BATCH
+from .lanes import CodecParams, Progress, Segment, check_params, encode_teacher_forced
 from .lockstep import run_lockstep
 from .mixing import MixerConfig
 
-DEFAULT_MAX_BATCH = 8  # float numerics: streams per call (every row costs time on the CPU)
 # The cheapest a token can be: the 1023 other ids hold at least 1 of TOTAL each. It bounds
 # the tokens (the work) a payload of a given size can claim.
 MIN_BITS_PER_TOKEN = -np.log2(1 - (TOKEN_VALUES - 1) / TOTAL)
@@ -167,11 +168,6 @@ def encode(tokens: np.ndarray, *, engine: Engine | None = None, window: int | No
     window = engine.config.frames_per_window if window is None else window
     batch = fitted_batch(engine, [tokens], lanes)
     return encode_many([tokens], engine, CodecParams(window, stride, lanes, batch, mixing), progress)[0].data
-
-
-def read_header(data: bytes) -> Header:
-    """The header of a compressed file, after checking the whole file's checksums."""
-    return unpack(data)[0]
 
 
 def check_engine(header: Header, engine: Engine) -> None:

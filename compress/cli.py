@@ -1,24 +1,28 @@
-"""`python -m compress encode|decode|info|test`, with the conventions of zstd and xz."""
+"""`python -m compress encode|decode|info|test`, with the conventions of zstd and xz.
+
+Options, paths and headers are checked before torch and the model are imported (a second or
+two): `--help`, `info` and bad arguments answer at once."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm import tqdm
-
-from engine import Engine, EngineError, resolve_device
-from models import CheckpointError
+from engine.errors import EngineError
+from models.errors import CheckpointError
 from models.npy import load_npy, npy_bytes
 
-from .api import DEFAULT_MAX_BATCH, default_engine, encode_many, fitted_batch, read_header
-from .lanes import DEFAULT_LANES, CodecParams
+from .defaults import DEFAULT_LANES, DEFAULT_MAX_BATCH, MAX_DEFAULT_JOBS, default_jobs, usable_cpus
 from .errors import CompressError
 from .files import STDIO, Job, Writer, into_directory, plan, read_bytes
-from .format import MAX_BATCH, MAX_FRAMES, MAX_LANES, PREFIX, RAW, repack
-from .parallel import MAX_DEFAULT_JOBS, decode_in_processes, default_jobs, usable_cpus
+from .format import MAX_BATCH, MAX_FRAMES, MAX_LANES, PREFIX, RAW, read_header, repack
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from engine import Engine
 
 PROG = "python -m compress"
 # torch crashes on absurd thread counts (100000 segfaults); no CPU coder gains from more.
@@ -93,22 +97,37 @@ def in_and_out(paths: list[str]) -> tuple[list[str], str | None]:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Refuse bad numbers and devices before reading inputs or loading anything."""
+    """Refuse bad numbers and option combinations before reading inputs or loading anything."""
     if getattr(args, "batch", None) is not None and not 1 <= args.batch <= MAX_BATCH:
         raise CompressError(f"--batch must be 1..{MAX_BATCH}, got {args.batch}")
     if not 1 <= getattr(args, "jobs", 1) <= MAX_JOBS:
         raise CompressError(f"--jobs must be 1..{MAX_JOBS}, got {args.jobs}")
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise CompressError(f"--threads must be 1..{MAX_THREADS}, got {args.threads}")
-    torch.set_num_threads(args.threads or (usable_cpus() if getattr(args, "numerics", "exact") == "exact" else 1))
-    resolve_device(args.device)  # the engine's EngineError for an unknown or unavailable device
     if getattr(args, "numerics", None) == "exact" and (args.compile or args.backend == "triton"):
         raise CompressError("--compile and --backend triton apply to --numerics float only: "
                             "exact numerics run eagerly in their own integer arithmetic")
 
 
+def start_torch(args: argparse.Namespace) -> None:
+    """Import torch (a second or two: only once the inputs are read and checked), set its
+    threads and refuse an unknown or unavailable device (the engine's EngineError)."""
+    import torch
+
+    from engine import resolve_device
+
+    torch.set_num_threads(args.threads or (usable_cpus() if getattr(args, "numerics", "exact") == "exact" else 1))
+    resolve_device(args.device)
+
+
 def load_engine(args: argparse.Namespace, max_batch: int) -> Engine:
     """The encoder's engine, from the (checked) command line."""
+    import torch
+
+    from engine import Engine, resolve_device
+
+    from .api import default_engine
+
     cuda = resolve_device(args.device).type == "cuda"
     try:
         if args.numerics == "exact":
@@ -124,11 +143,15 @@ def share_threads(args: argparse.Namespace, files: int) -> None:
     """Decoding without --threads: the usable CPUs shared among the worker processes (exact
     files do not depend on it; a float file's engine sets the threads it records)."""
     if args.threads is None:
+        import torch
+
         torch.set_num_threads(max(1, usable_cpus() // max(1, min(args.jobs, files))))
 
 
 def progress_bar(total: int, quiet: bool) -> tqdm:
     """Shown only on a terminal; tqdm's rate is the coding speed in tokens/s."""
+    from tqdm import tqdm
+
     return tqdm(total=total, unit="tok", unit_scale=True, dynamic_ncols=True,
                 disable=quiet or not sys.stderr.isatty())
 
@@ -159,6 +182,10 @@ def run_encode(args: argparse.Namespace, writer: Writer) -> None:
     if not args.dataset:
         loaded = (load_npy(read_bytes(job.source), job.source, CompressError, MAX_FRAMES) for job in jobs)
         arrays, versions = map(list, zip(*loaded))
+    start_torch(args)
+    from .api import encode_many, fitted_batch
+    from .lanes import CodecParams
+
     engine = load_engine(args, args.batch)
     window = engine.config.frames_per_window if args.window is None else args.window
     params = CodecParams(window, args.stride, args.lanes, fitted_batch(engine, arrays, args.lanes), args.mixing)
@@ -184,7 +211,10 @@ def run_decode(args: argparse.Namespace, writer: Writer) -> None:
     writer.prepare(work, inputs, args.force)
     files = [read_bytes(job.source) for job in work.jobs]
     headers = [read_header(data) for data in files]
+    start_torch(args)
     share_threads(args, len(files))
+    from .parallel import decode_in_processes
+
     with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
         for index, array in decode_in_processes(files, headers, args.model, args.batch, args.device, args.jobs,
                                                 bar.update):
@@ -217,7 +247,10 @@ def run_test(args: argparse.Namespace) -> None:
     check_options(args)
     files = [read_bytes(name) for name in args.files]
     headers = [read_header(data) for data in files]
+    start_torch(args)
     share_threads(args, len(files))
+    from .parallel import decode_in_processes
+
     with progress_bar(sum(header.tokens for header in headers), args.quiet) as bar:
         for index, _ in decode_in_processes(files, headers, args.model, None, args.device, args.jobs, bar.update):
             if not args.quiet:

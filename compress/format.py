@@ -116,6 +116,11 @@ def repack(data: bytes, **changes: object) -> bytes:
     return pack(replace(header, **changes), bytes(payload))
 
 
+def read_header(data: bytes) -> Header:
+    """The header of a compressed file, after checking the whole file's checksums."""
+    return unpack(data)[0]
+
+
 def unpack(data: bytes) -> tuple[Header, memoryview]:
     """Parse and check a whole file; returns the header and the payload."""
     data = memoryview(data)

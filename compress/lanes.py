@@ -26,6 +26,7 @@ import torch
 from models.tokens import FRAME_TOKENS
 
 from .coder import TokenDecoder, TokenEncoder, code_length
+from .defaults import DEFAULT_LANES
 from .errors import CompressError
 from .format import MAX_BATCH, MAX_LANES, lane_bounds
 from .frequencies import SYMBOLS, frequency_tables
@@ -33,12 +34,6 @@ from .mixing import ContextMixer, MixerConfig
 
 Progress = Callable[[int], None]  # called with the number of tokens just coded
 SCORE_TOKENS = 16384  # teacher-forced tokens per engine.score call: big GEMMs, bounded memory
-# One lane by default: each lane starts without context and sees only its own recent frames,
-# which is what the mixer learns most from. On the validation tail of the training minute
-# (a drive the model was not trained on) 8 lanes cost 5.4% more bits (mixing's gain vanished),
-# for 5-6x faster decoding; `--lanes` trades the other way (docs/BENCHMARKS.md).
-DEFAULT_LANES = 1
-
 
 @dataclass(frozen=True)
 class CodecParams:

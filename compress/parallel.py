@@ -11,7 +11,6 @@ worker loads torch and the model once: about 1 s and 300-400 MB.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
 import signal
 import time
@@ -23,24 +22,10 @@ import torch
 from .api import decode_many, engine_for, read_header
 from .format import MAX_BATCH, Header
 
-MAX_DEFAULT_JOBS = 4  # workers by default: each holds its own torch and model in memory
 PROGRESS_SECONDS = 0.25  # how often a worker reports decoded tokens to the progress bar
 
 Progress = Callable[[int], None]
 _progress_queue: multiprocessing.Queue | None = None  # a worker's channel to the parent
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the OS has one: Linux; macOS and
-    Windows have no `os.sched_getaffinity`)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def default_jobs() -> int:
-    """One worker per usable CPU, at most MAX_DEFAULT_JOBS."""
-    return max(1, min(MAX_DEFAULT_JOBS, usable_cpus()))
 
 
 def decode_all(files: list[bytes], headers: list[Header], model: str | None, batch: int | None,

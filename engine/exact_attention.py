@@ -163,9 +163,9 @@ def _attention(
 def _fused_int8(u: Tensor, q_scale: Tensor, k_mult: Tensor, v: Tensor, v_scale: Tensor, mask: Tensor | None,
                 table: Tensor, p_max: int, work: Workspace | None) -> Tensor:
     """`_attention` from its scores u on, for int8 v: the weights in one compiled pass per
-    row (`exact_numba_ops.softmax_digits`: the same operations in the same order), then
+    row (`exact_numba_attention.softmax_digits`: the same operations in the same order), then
     `_integer_pv` on P's digits."""
-    from .exact_numba_ops import softmax_digits  # numba: CPU only, imported on first use
+    from .exact_numba_attention import softmax_digits  # numba: CPU only, imported on first use
 
     *lead, tq, keys = u.shape
     rows, d = u.numel() // (tq * keys), v.shape[-1]

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from .exact_numba_ops import F32, F64, LN_EPS_SCALE, ONE32, attend, gelu, layer_norm, linear_rows, quantize
+from .exact_numba_attention import attend
+from .exact_numba_ops import F32, F64, LN_EPS_SCALE, ONE32, gelu, layer_norm, linear_rows, quantize
 
 
 @njit(cache=True)

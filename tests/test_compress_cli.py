@@ -143,7 +143,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("compress.cli.Engine.from_pretrained", refuse)
+    monkeypatch.setattr("engine.Engine.from_pretrained", refuse)
     monkeypatch.setattr("compress.parallel.engine_for", refuse)
 
 
@@ -326,3 +326,49 @@ def test_decode_and_test_share_the_cpus_among_their_jobs(npy, model_dir, monkeyp
     assert main(["test", str(packed), "--model", str(model_dir), "-q"]) == 0
     assert main(["decode", str(packed), str(npy.with_name("b.npy")), "--model", str(model_dir), "-q"]) == 0
     assert shared == [1, 1]
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # `import torch` now raises ImportError
+from compress.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_help_info_and_bad_input_answer_without_torch(tmp_path, npy, engine_args):
+    """Options, headers and bad files are checked before torch is imported (a second or two),
+    so `--help`, `info` and refusals answer at once; torch is blocked in the child process."""
+    good = tmp_path / "a.cvq"
+    assert main(["encode", str(npy), str(good), *engine_args]) == 0
+
+    def no_torch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=REPO,
+                              timeout=60)
+
+    assert no_torch("--help").returncode == 0
+    info = no_torch("info", str(good))
+    assert info.returncode == 0 and "shape (2, 8, 16)" in info.stdout, info.stderr
+    (tmp_path / "bad.cvq").write_bytes(b"not a compressed file")
+    for args, message in ((["decode", str(tmp_path / "bad.cvq"), str(tmp_path / "out.npy")], "bad magic"),
+                          (["test", str(tmp_path / "bad.cvq")], "bad magic"),
+                          (["encode", str(tmp_path / "missing.npy"), str(tmp_path / "x.cvq")], "missing.npy"),
+                          (["decode", str(good), str(tmp_path / "o.npy"), "--jobs", "0"], "--jobs must be")):
+        refused = no_torch(*args)
+        assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr, args
+    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "x.cvq").exists()
+    # A good file gets as far as torch, which this child cannot import: the test's own check.
+    assert "Traceback" in no_torch("test", str(good)).stderr
+
+
+def test_ctrl_c_during_startup_is_one_line(npy, tmp_path):
+    """SIGINT while torch and the model load: one line, exit 130, no output file."""
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-m", "compress", "encode", str(npy), str(tmp_path / "a.cvq")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    time.sleep(0.6)  # past the argument checks, while torch is importing
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err == "python -m compress: interrupted\n", err
+    assert not (tmp_path / "a.cvq").exists()

@@ -5,7 +5,8 @@ import torch
 
 from compress.cli import main
 from compress.format import MAX_BATCH
-from compress.parallel import default_jobs, tasks
+from compress.defaults import default_jobs
+from compress.parallel import tasks
 from models import GPT, GPTConfig, save_pretrained
 
 

@@ -234,9 +234,9 @@ def test_compiled_qkv_quantization_equals_the_torch_ops() -> None:
 
 
 def test_min_value_is_the_minimum_on_integer_keys() -> None:
-    """exact_numba_ops.min_value (an integer min over the floats' order keys) equals the float
+    """exact_numba_attention.min_value (an integer min over the floats' order keys) equals the float
     minimum, -0 for a zero minimum, with +inf (masked keys) and negative values present."""
-    from engine.exact_numba_ops import min_value
+    from engine.exact_numba_attention import min_value
 
     rng = np.random.default_rng(3)
     for _ in range(50):
