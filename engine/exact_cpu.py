@@ -2,8 +2,8 @@
 for the CPU, with the same signatures and bits: the elementwise passes around the int8
 matmul (row quantization, the float32 epilogue), GELU's table lookups and LayerNorm's
 passes each run as one compiled pass (`exact_numba_ops`) instead of four to a dozen torch
-ops. The runner picks these on the CPU (a gpt2m-width prefill: 1.02 -> 0.85 s,
-GELU's lookups alone had been a quarter of it); tests compare them with `exact_ops` bitwise.
+ops. The runner picks these on the CPU (in a gpt2m-width prefill the torch ops' passes had
+been a third of the time, docs/BENCHMARKS.md); tests compare them with `exact_ops` bitwise.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .exact_ops import gelu as reference_gelu
 from .exact_ops import int_matmul
 from .exact_ops import layer_norm as reference_layer_norm
 from .exact_ops import linear as reference_linear
+from .exact_ops import quantize_heads as reference_quantize_heads
 from .quantize import QuantizedLinear
 
 
@@ -52,9 +53,9 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
 
 
 def quantize_heads(qkv: Tensor, dead_scale: Tensor, kv_factor: Tensor, vals: Tensor, kv_scale: Tensor) -> Tensor:
-    """ExactRunner._quantize_qkv's chunk quantization on the CPU: qkv float32 [rows, chunk,
-    3, head, d] into vals [3, rows, head, chunk, d] and kv_scale [2, rows, head, 1, chunk]
-    (contiguous, the runner's layout); returns the queries' scales [rows, chunk, head, 1]."""
+    """exact_ops.quantize_heads in one compiled pass (vals and kv_scale contiguous)."""
+    if qkv.device.type != "cpu" or not (vals.is_contiguous() and kv_scale.is_contiguous()):
+        return reference_quantize_heads(qkv, dead_scale, kv_factor, vals, kv_scale)
     rows, chunk, _, heads, _ = qkv.shape
     q_scale = torch.empty(rows, chunk, heads, 1)
     kernels.quantize_heads(qkv.reshape(rows * chunk, *qkv.shape[2:]).contiguous().numpy(),

@@ -107,6 +107,16 @@ def quantize_rows(
     return (q.to(torch.int8) if ints else q), scale
 
 
+def quantize_heads(qkv: Tensor, dead_scale: Tensor, kv_factor: Tensor, vals: Tensor, kv_scale: Tensor) -> Tensor:
+    """A chunk's q, k and v, each (token, part, head) row by `quantize_rows` (float32
+    integers): qkv float32 [rows, chunk, 3, head, d] into vals [3, rows, head, chunk, d] and
+    kv_scale [2, rows, head, 1, chunk] (keys' times kv_factor [2, 1, 1]); dead rows take their
+    part's dead_scale [3, 1, 1]. Returns the queries' scales [rows, chunk, head, 1]."""
+    _, scales = quantize_rows(qkv, ints=False, dead_scale=dead_scale, out=vals.permute(1, 3, 0, 2, 4))
+    torch.mul(scales[:, :, 1:], kv_factor, out=kv_scale.permute(1, 4, 0, 2, 3))
+    return scales[:, :, 0]
+
+
 def linear(x: Tensor, lin: QuantizedLinear, path: str | None = None, out: Tensor | None = None) -> Tensor:
     """float32 [M, K] -> float32 [M, N] (into `out` if given): quantize x per row, exact
     integer matmul, rescale. In-place passes: fresh CPU tensors cost page faults, more than

@@ -123,12 +123,8 @@ class ExactRunner:
         # order): contiguous per head for attention's matmuls and its rows of scales.
         laid = torch.empty(3, rows, heads, chunk, d, device=qkv.device)
         kv_scale = torch.empty(2, rows, heads, 1, chunk, device=qkv.device)
-        vals, kv_seen = laid.permute(1, 3, 0, 2, 4), kv_scale.permute(1, 4, 0, 2, 3)
-        if self.compiled is not None:  # the CPU: one compiled pass
-            q_scale = self._ops.quantize_heads(qkv, self._dead_scale, self._kv_factor, laid, kv_scale)
-            return vals, q_scale, kv_seen
-        vals, scales = ops.quantize_rows(qkv, ints=False, dead_scale=self._dead_scale, out=vals)
-        return vals, scales[:, :, 0], torch.mul(scales[:, :, 1:], self._kv_factor, out=kv_seen)
+        q_scale = self._ops.quantize_heads(qkv, self._dead_scale, self._kv_factor, laid, kv_scale)
+        return laid.permute(1, 3, 0, 2, 4), q_scale, kv_scale.permute(1, 4, 0, 2, 3)
 
     def _logits(self, x: Tensor, out: Tensor) -> None:
         x = self._ops.layer_norm(x, *self.weights.ln_f, self.weights.eps)

@@ -215,22 +215,27 @@ def test_the_cpu_prefill_equals_the_torch_ops_alone(monkeypatch) -> None:
 
 
 def test_compiled_qkv_quantization_equals_the_torch_ops() -> None:
-    """exact_cpu.quantize_heads against quantize_rows: rows of every scale, dead rows (zero and
-    below TINY) of each part, whose scales are the runner's dead scales."""
+    """exact_cpu.quantize_heads against exact_ops.quantize_heads (quantize_rows): rows of every
+    scale, dead rows (zero and below TINY) of each part, which take the runner's dead scales."""
+    from engine import exact_cpu
+    from engine import exact_ops as ops
+
     runner = ExactRunner(MODELS["one head"](), max_batch=2)
     g = torch.Generator().manual_seed(9)
-    qkv = torch.randn(2, 30, 3, 1, 16, generator=g) * torch.logspace(-10, 10, 30)[None, :, None, None, None]
+    qkv = torch.randn(2, 30, 3, 2, 16, generator=g) * torch.logspace(-10, 10, 30)[None, :, None, None, None]
     qkv[0, 3] = 0.0
     qkv[1, 4, 1] = 1e-45
-    got = runner._quantize_qkv(qkv)
-    compiled, runner.compiled = runner.compiled, None
-    try:
-        want = runner._quantize_qkv(qkv)
-    finally:
-        runner.compiled = compiled
-    for a, b in zip(got, want):
-        assert a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
-    assert got[0].stride() == want[0].stride() and got[2].stride() == want[2].stride()  # the runner's layout
+    results = []
+    for module in (exact_cpu, ops):
+        vals, kv_scale = torch.empty(3, 2, 2, 30, 16), torch.empty(2, 2, 2, 1, 30)
+        q_scale = module.quantize_heads(qkv, runner._dead_scale, runner._kv_factor, vals, kv_scale)
+        results.append((vals, q_scale, kv_scale))
+    for got, want in zip(*results):
+        assert got.shape == want.shape and torch.equal(got.view(torch.int32), want.view(torch.int32))
+    vals, q_scale, kv_scale = results[0]
+    assert torch.equal(q_scale[0, 3], torch.ones(2, 1))  # a dead query row's scale: 1
+    assert not kv_scale[:, 0, :, 0, 3].any() and not kv_scale[0, 1, :, 0, 4].any()  # dead keys and values: 0
+    assert not vals[:, 0, :, 3].any() and not vals[1, 1, :, 4].any() and vals[2, 1, :, 4].any()
 
 
 def test_min_value_is_the_minimum_on_integer_keys() -> None:
