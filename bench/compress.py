@@ -22,6 +22,7 @@ import torch
 
 from bench.baselines import baselines
 from compress import CodecParams, decode_many, default_engine, encode_many, read_header
+from engine import keep_freed_memory
 
 
 def cpu_name() -> str:
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the CLI)")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false")
     args = parser.parse_args()
+    keep_freed_memory()  # as `python -m compress` does
     torch.set_num_threads(args.threads)
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else cpu_name()
     print(f"{hardware}, {args.threads} thread(s), torch {torch.__version__}")

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine import fast_dtype, resolve_device  # noqa: E402
+from engine import fast_dtype, keep_freed_memory, resolve_device  # noqa: E402
 from bench.gpt_fast import GptFast  # noqa: E402
 
 
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--gpt-fast-compile", action=argparse.BooleanOptionalAction,
                         help="compile its decode step (default: on CUDA only)")
     args = parser.parse_args()
+    kept = keep_freed_memory()  # as `python -m engine` does; one process, so every side runs under it
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -96,7 +97,8 @@ def main() -> None:
     drives = np.random.default_rng(0).integers(0, 1024, (args.batch, config.frames_per_window - 1, 128))
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"gpt2m-width model, {args.layers} layers, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-          f"{str(dtype).removeprefix('torch.')}, {hardware}, torch {torch.__version__}")
+          f"{str(dtype).removeprefix('torch.')}, {hardware}, torch {torch.__version__}, "
+          f"allocator keeps freed memory: {kept}")
 
     hf = None
     if not args.skip_transformers:

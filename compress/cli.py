@@ -112,6 +112,9 @@ def check_options(args: argparse.Namespace) -> None:
 def start_torch(args: argparse.Namespace) -> None:
     """Import torch (a second or two: only once the inputs are read and checked), set its
     threads and refuse an unknown or unavailable device (the engine's EngineError)."""
+    from engine.allocator import keep_freed_memory
+
+    keep_freed_memory()  # a gpt2m-sized model's windows: fewer page faults (this is our process)
     import torch
 
     from engine import resolve_device

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from engine.allocator import keep_freed_memory
+
 from .api import decode_many, engine_for, read_header
 from .format import MAX_BATCH, Header
 
@@ -99,6 +101,7 @@ def _drain(reports: multiprocessing.Queue, progress: Progress | None, wait: floa
 def _start_worker(threads: int, reports: multiprocessing.Queue) -> None:
     global _progress_queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    keep_freed_memory()  # as the command line does for itself
     torch.set_num_threads(threads)
     _progress_queue = reports
 

@@ -44,8 +44,8 @@ def parser() -> argparse.ArgumentParser:
                               "Compiled code rounds differently, so it changes the dream for a given seed")
     imagine.add_argument("--numerics", default="float", choices=("float", "exact"),
                          help="exact: integer arithmetic, the same dream for a seed on any machine and thread "
-                              "count (on the CPU the faster: 2.3-2.7x float and 4.3-4.5x transformers at gpt2m width "
-                              "with 4 layers, batch 1; its dreams are the int8 model's); float: the model's own arithmetic (default: %(default)s)")
+                              "count (on the CPU the faster: 3x float and 5.2-5.5x transformers at gpt2m width with 4 "
+                              "layers, batch 1; its dreams are the int8 model's); float: the model's own arithmetic (default: %(default)s)")
     imagine.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
     imagine.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (default: all)")
     imagine.add_argument("--seed", type=int, help="the same seed gives the same dream (default: a fresh one)")
@@ -86,6 +86,9 @@ def _imagine(args: argparse.Namespace) -> int:
         raise _UserError("--compile applies to --numerics float only: exact numerics run eagerly")
     context = np.zeros((0, 8, 16), np.int16) if args.context is None else _load(args.context)
 
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # before the first large allocations: long prefills fault less
     import torch  # slow: only after the cheap checks
 
     from models import CheckpointError

@@ -245,3 +245,35 @@ def test_the_triton_int8_kernel_path_gives_the_same_logits(model, runner) -> Non
     assert torch.equal(score(triton_runner, tokens, first=120), score(runner, tokens, first=120))
     got, want = (steps(r, tokens, prefill=136) for r in (triton_runner, runner))
     assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+ALLOCATOR_SCRIPT = """
+import sys
+import torch
+from engine import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "kept" else False
+block = torch.ones(2**24)  # 64 MiB: glibc maps such a block by itself, unless told not to
+heap = [line.split()[0].split("-") for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+print(applied, any(int(lo, 16) <= block.data_ptr() < int(hi, 16) for lo, hi in heap))
+"""
+
+
+def test_keep_freed_memory_applies_on_linux_glibc() -> None:
+    """The CLIs' allocator setting (in child processes, to leave this one's alone): applied on
+    this Linux/glibc machine, a 64 MiB tensor then comes from the heap (kept and reused when
+    freed), where by default glibc maps it on its own and unmaps it when freed."""
+    import platform
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt: Linux with glibc only")
+
+    def run(mode: str) -> list[str]:
+        result = subprocess.run([sys.executable, "-c", ALLOCATOR_SCRIPT, mode], capture_output=True, text=True,
+                                timeout=120, cwd=str(Path(__file__).resolve().parents[1]))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert run("kept") == ["True", "True"]
+    assert run("default") == ["False", "False"]
