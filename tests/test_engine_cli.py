@@ -146,3 +146,20 @@ def test_exact_numerics_dream_the_same_on_any_thread_count(tmp_path: Path, model
     assert np.array_equal(np.load(one), expected) and np.array_equal(np.load(two), expected)
     refused = imagine(str(tmp_path / "x.npy"), *options, "--compile")
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "--compile" in refused.stderr
+
+
+def test_the_default_numerics_are_exact_on_the_cpu_and_float_on_request(tmp_path: Path, model_dir: Path) -> None:
+    """`--numerics auto` (the default) dreams in exact numerics on the CPU, the faster there;
+    `--numerics float` gives the float engine's dream, each as the API gives it."""
+    from engine import Engine
+
+    context = tmp_path / "context.npy"
+    np.save(context, np.random.default_rng(2).integers(0, 1024, (3, 8, 16)).astype(np.int16))
+    options = ["-n", "1", "--context", str(context), "--model", str(model_dir), "--seed", "4", "--device", "cpu"]
+    default, floats = tmp_path / "default.npy", tmp_path / "float.npy"
+    result = imagine(str(default), *options)
+    assert result.returncode == 0 and "exact numerics" in result.stderr, result.stderr
+    assert imagine(str(floats), *options, "--numerics", "float").returncode == 0
+    for path, numerics in ((default, "exact"), (floats, "float")):
+        engine = Engine.from_pretrained(model_dir, device="cpu", max_batch=1, compile=False, numerics=numerics)
+        assert np.array_equal(np.load(path), engine.imagine(np.load(context), 1, seed=4)), numerics
