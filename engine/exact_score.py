@@ -43,13 +43,16 @@ def _score_chunk(runner: ExactRunner, tokens: Tensor, first: int, mask: Tensor, 
     def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
         # [rows, length, 2, head, ...] -> [2, rows, head, length, ...]: as laid out, a view.
         k, v = kv.permute(2, 0, 3, 1, 4)
-        v = v.to(torch.int8 if v.device.type == "cpu" and attn.int8_pays(runner.pv_max) else runner.pv_max[1])
         k_mult, v_scale = kv_scale.permute(2, 0, 3, 4, 1)
         y = torch.empty(q.shape, device=q.device)  # [rows, length, head, d], filled by heads
         q = q.transpose(1, 2)
+        # Long contexts on the CPU: int8 keys and values, QK^T per query block inside attention
+        # (as prefills do); else QK^T for the whole sequence here, in int8 matmuls.
+        int8 = v.device.type == "cpu" and attn.int8_pays(runner.pv_max)
+        k, v = (k.to(torch.int8), v.to(torch.int8)) if int8 else (k, v.to(runner.pv_max[1]))
         attn.attention(q, q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[first:] if narrowed else mask,
                        first if narrowed else 0, runner.exp_table, runner.pv_max, out=y.transpose(1, 2),
-                       scores=attn.integer_scores(q, k, runner.matmul_path))
+                       scores=None if int8 else attn.integer_scores(q, k, runner.matmul_path))
         return y.view(-1, runner.heads * runner.head_dim)
 
     w = runner.weights
