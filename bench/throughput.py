@@ -18,7 +18,7 @@ import torch
 
 from bench.compress import cpu_name
 from compress import CodecParams, default_engine, encode_many, read_header
-from compress.defaults import usable_cpus
+from engine import usable_cpus
 from compress.parallel import decode_in_processes
 
 

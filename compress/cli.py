@@ -11,10 +11,11 @@ import time
 from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
+from engine.host import keep_freed_memory, usable_cpus
 from models.errors import CheckpointError
 from models.npy import load_npy, npy_bytes
 
-from .defaults import DEFAULT_LANES, DEFAULT_MAX_BATCH, MAX_DEFAULT_JOBS, default_jobs, usable_cpus
+from .defaults import DEFAULT_LANES, DEFAULT_MAX_BATCH, MAX_DEFAULT_JOBS, default_jobs
 from .errors import CompressError
 from .files import STDIO, Job, Writer, into_directory, plan, read_bytes
 from .format import MAX_BATCH, MAX_FRAMES, MAX_LANES, PREFIX, RAW, read_header, repack
@@ -112,8 +113,6 @@ def check_options(args: argparse.Namespace) -> None:
 def start_torch(args: argparse.Namespace) -> None:
     """Import torch (a second or two: only once the inputs are read and checked), set its
     threads and refuse an unknown or unavailable device (the engine's EngineError)."""
-    from engine.allocator import keep_freed_memory
-
     keep_freed_memory()  # a gpt2m-sized model's windows: fewer page faults (this is our process)
     import torch
 

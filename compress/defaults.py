@@ -1,9 +1,9 @@
-"""The coder's defaults and the CPU counts the command line derives its own from. Light (no
-torch, no model): `python -m compress` builds its options and refuses bad ones from these
-before it loads anything."""
+"""The coder's defaults, and the worker count the command line derives from the usable CPUs
+(`engine.host.usable_cpus`). Light (no torch, no model): `python -m compress` builds its
+options and refuses bad ones from these before it loads anything."""
 from __future__ import annotations
 
-import os
+from engine.host import usable_cpus
 
 # One lane by default: each lane starts without context and sees only its own recent frames,
 # which is what the mixer learns most from. On the validation tail of the training minute
@@ -12,14 +12,6 @@ import os
 DEFAULT_LANES = 1
 DEFAULT_MAX_BATCH = 8  # float numerics: streams per call (every row costs time on the CPU)
 MAX_DEFAULT_JOBS = 4  # decoding workers by default: each holds its own torch and model in memory
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the OS has one: Linux; macOS and
-    Windows have no `os.sched_getaffinity`)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def default_jobs() -> int:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from engine.allocator import keep_freed_memory
+from engine.host import keep_freed_memory
 
 from .api import decode_many, engine_for, read_header
 from .format import MAX_BATCH, Header

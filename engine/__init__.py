@@ -13,14 +13,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .allocator import keep_freed_memory
+    from .host import keep_freed_memory, usable_cpus
     from .engine import Engine
     from .errors import EngineError
     from .numerics import Numerics, fast_dtype, resolve_device
     from .streams import Streams
 
-_HOMES = {"Engine": ".engine", "EngineError": ".errors", "keep_freed_memory": ".allocator", "Numerics": ".numerics", "fast_dtype": ".numerics",
-          "resolve_device": ".numerics", "Streams": ".streams"}
+_HOMES = {"Engine": ".engine", "EngineError": ".errors", "keep_freed_memory": ".host", "usable_cpus": ".host",
+          "Numerics": ".numerics", "fast_dtype": ".numerics", "resolve_device": ".numerics", "Streams": ".streams"}
 __all__ = sorted(_HOMES)
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-# Measured on a busy 2-core CPU (docs/BENCHMARKS.md): a batch-1 decode step of the shipped
-# model took 70 ms with 2 threads and 1.6 ms with 1; small batches do not feed more cores.
-DEFAULT_CPU_THREADS = 1
+# Float numerics' threads. Measured on a busy 2-core CPU (docs/BENCHMARKS.md): a batch-1 decode
+# step of the shipped model took 70 ms with 2 threads and 1.6 ms with 1; small batches do not
+# feed more cores. Exact numerics take the usable CPUs (their steps run compiled, in one
+# thread; threads serve the prefills' GEMMs, and change no bit).
+FLOAT_CPU_THREADS = 1
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -38,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
     imagine.add_argument("--context", help=".npy token file to continue; none starts from nothing")
     imagine.add_argument("--model", help="checkpoint directory (default: the shipped model)")
     imagine.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
-    imagine.add_argument("--threads", type=int, default=DEFAULT_CPU_THREADS, help="torch CPU threads")
+    imagine.add_argument("--threads", type=int,
+                         help=f"torch CPU threads (default: the usable CPUs for exact numerics, whose dreams do not "
+                              f"depend on it; {FLOAT_CPU_THREADS} for float)")
     imagine.add_argument("--compile", action=argparse.BooleanOptionalAction,
                          help="torch.compile (default: on CUDA only; on the CPU it costs 30-90 s up front). "
                               "Compiled code rounds differently, so it changes the dream for a given seed")
@@ -82,28 +86,28 @@ def _imagine(args: argparse.Namespace) -> int:
             raise _UserError(f"{output} exists (use -f to overwrite)")
         if not output.parent.is_dir():
             raise _UserError(f"{output}: directory {output.parent} does not exist")
-    if args.frames < 0 or args.threads < 1:
+    if args.frames < 0 or (args.threads is not None and args.threads < 1):
         raise _UserError("-n must be >= 0 and --threads >= 1")
     if args.numerics == "exact" and args.compile:
         raise _UserError("--compile applies to --numerics float only: exact numerics run eagerly")
     context = np.zeros((0, 8, 16), np.int16) if args.context is None else _load(args.context)
 
-    from .allocator import keep_freed_memory
+    from .host import keep_freed_memory
 
     keep_freed_memory()  # before the first large allocations: long prefills fault less
     import torch  # slow: only after the cheap checks
 
     from models import CheckpointError
 
-    from . import Engine, EngineError, resolve_device
+    from . import Engine, EngineError, resolve_device, usable_cpus
 
     try:
         device = resolve_device(args.device)
-        if device.type == "cpu":
-            torch.set_num_threads(args.threads)
         numerics = args.numerics
         if numerics == "auto":
             numerics = "exact" if device.type == "cpu" and not args.compile else "float"
+        if device.type == "cpu":
+            torch.set_num_threads(args.threads or (usable_cpus() if numerics == "exact" else FLOAT_CPU_THREADS))
         engine = Engine.from_pretrained(args.model, device=device, max_batch=1, compile=args.compile,
                                         numerics=numerics)
         frames = engine.imagine(context, args.frames, temperature=args.temperature, top_k=args.top_k, seed=args.seed)

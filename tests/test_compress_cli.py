@@ -361,11 +361,13 @@ def test_help_info_and_bad_input_answer_without_torch(tmp_path, npy, engine_args
     assert "Traceback" in no_torch("test", str(good)).stderr
 
 
-def test_ctrl_c_during_startup_is_one_line(npy, tmp_path):
+def test_ctrl_c_during_startup_is_one_line(tmp_path):
     """SIGINT while torch and the model load: one line, exit 130, no output file."""
     import signal
 
-    process = subprocess.Popen([sys.executable, "-m", "compress", "encode", str(npy), str(tmp_path / "a.cvq")],
+    minute = tmp_path / "minute.npy"  # long enough to be running still when a late signal comes
+    np.save(minute, np.random.default_rng(0).integers(0, 1024, size=(1200, 8, 16)).astype(np.int16))
+    process = subprocess.Popen([sys.executable, "-m", "compress", "encode", str(minute), str(tmp_path / "a.cvq")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     time.sleep(0.6)  # past the argument checks, while torch is importing
     process.send_signal(signal.SIGINT)

@@ -1,4 +1,6 @@
-"""Keeping freed memory in the process, for long CPU prefills (Linux with glibc).
+"""The host process's settings: the CPUs it may use, and keeping freed memory in the process
+for long CPU prefills (Linux with glibc). Light (no torch): the command lines call these
+before loading anything.
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh
 mapping and returns it to the OS when freed, and it trims a heap top above twice that. A
@@ -14,6 +16,7 @@ library user decides for their own process.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (glibc's malloc.h)
@@ -32,3 +35,11 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE) == 1
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one: Linux; macOS and
+    Windows have no `os.sched_getaffinity`)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
