@@ -85,12 +85,13 @@ def attention(
 
 
 class Workspace:
-    """The int8 path's per-block scores (float32) and P digits (int8), reused by every block
-    of an `attention` call: a fresh multi-megabyte tensor per block cost as much in page
-    faults as the softmax's arithmetic (measured: 1.31 vs 0.61 ns a weight)."""
+    """The int8 path's per-block scores (int32: the matmuls write them, the compiled softmax
+    reads them) and P digits (int8), reused by every block of an `attention` call: a fresh
+    multi-megabyte tensor per block cost as much in page faults as the softmax's arithmetic
+    (measured: 1.31 vs 0.61 ns a weight)."""
 
     def __init__(self, size: int) -> None:
-        self._scores = torch.empty(size)
+        self._scores = torch.empty(size, dtype=torch.int32)
         self._digits = torch.empty(2 * size, dtype=torch.int8)
 
     def scores(self, *shape: int) -> Tensor:
@@ -101,16 +102,19 @@ class Workspace:
 
 
 def integer_scores(q: Tensor, k: Tensor, path: str | None = None, out: Tensor | None = None) -> Tensor:
-    """QK^T of float32 integers |x| <= 127 [..., T, d], [..., Tk, d] -> float32 [..., T, Tk]
-    (into `out`, contiguous, if given): the integers attention's float32 matmul gives, by int8
-    matmuls (measured 1.5x faster over whole sequences; a step's single query stays with the
-    batched float matmul)."""
+    """QK^T of integers |x| <= 127 [..., T, d], [..., Tk, d] (float32 or int8) -> float32
+    [..., T, Tk], or into `out` (contiguous; int32 takes the matmuls' own output, no copy): the
+    integers attention's float32 matmul gives, by int8 matmuls (measured 1.5x faster over
+    whole sequences; a step's single query stays with the batched float matmul)."""
     *lead, tq, d = q.shape
     tk = k.shape[-2]
     out = torch.empty(*lead, tq, tk, device=q.device) if out is None else out
     pairs = zip(q.to(torch.int8).reshape(-1, tq, d), k.to(torch.int8).reshape(-1, tk, d))
     for o, (a, b) in zip(out.view(-1, tq, tk), pairs):
-        o.copy_(int_matmul(a, b, path))
+        if o.dtype == torch.int32:
+            int_matmul(a, b, path, out=o)
+        else:
+            o.copy_(int_matmul(a, b, path))
     return out
 
 

@@ -100,9 +100,9 @@ def attend(q, q_scale, cache, scales, pos, table, p_max, out):
 @njit(cache=True)
 def softmax_digits(scores, k_mult, v_scale, q_scale, mask, table, p_max, digits, factor):
     """exact_attention._attention's weights for a block of queries, in one pass per row:
-    scores float32 [B, Tq, K] (integer QK dots), k_mult and v_scale [B, K], q_scale [B, Tq],
-    mask float32 [M, Tq, K] (0 or +inf; M divides B, rows b share mask b // (B / M); M = 0:
-    none). Writes P = round(w * fl(p_max / max w)) as its two 7-bit digits, digits int8
+    scores [B, Tq, K] (integer QK dots: int32, or float32 holding them), k_mult and v_scale
+    [B, K], q_scale [B, Tq], mask float32 [M, Tq, K] (0 or +inf; M divides B, rows b share
+    mask b // (B / M); M = 0: none). Writes P = round(w * fl(p_max / max w)) as its two 7-bit digits, digits int8
     [B, 2 Tq, K] (high rows first), and factor float64 [B, Tq] = max w / (sum E * p_max)."""
     rows, tq, keys = scores.shape
     share = rows // mask.shape[0] if mask.shape[0] else 1
@@ -115,10 +115,10 @@ def softmax_digits(scores, k_mult, v_scale, q_scale, mask, table, p_max, digits,
             if mask.shape[0]:
                 m = mask[b // share, i]
                 for j in range(keys):  # a masked key: +inf, its weight 0
-                    u[j] = F32(np.inf) if m[j] != F32(0.0) else scores[b, i, j] * k_mult[b, j]
+                    u[j] = F32(np.inf) if m[j] != F32(0.0) else F32(scores[b, i, j]) * k_mult[b, j]
             else:
                 for j in range(keys):
-                    u[j] = scores[b, i, j] * k_mult[b, j]
+                    u[j] = F32(scores[b, i, j]) * k_mult[b, j]
             total, wmax = exp_weights(u, min_value(u), q_scale[b, i], v_scale[b], table, idx, w)
             mult = pm32 / wmax
             for j in range(keys):

@@ -33,9 +33,10 @@ GELU_STEP_BITS = 10  # GELU table on a grid of 2**-10 over [-GELU_RANGE, GELU_RA
 GELU_RANGE = 8
 
 
-def int_matmul(a: torch.Tensor, b: torch.Tensor, path: str | None = None) -> torch.Tensor:
-    """a int8 [M, K] @ b int8 [N, K].T -> int32 [M, N], exact. Every path returns the
-    same integers (the true dot products), whatever the algorithm, order or thread count."""
+def int_matmul(a: torch.Tensor, b: torch.Tensor, path: str | None = None, out: Tensor | None = None) -> torch.Tensor:
+    """a int8 [M, K] @ b int8 [N, K].T -> int32 [M, N] (into `out`, contiguous, if given), exact.
+    Every path returns the same integers (the true dot products), whatever the algorithm,
+    order or thread count."""
     if a.dtype != torch.int8 or b.dtype != torch.int8 or a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise EngineError(
             f"int_matmul needs int8 [M, K] and [N, K], got {a.dtype} {tuple(a.shape)}, {b.dtype} {tuple(b.shape)}"
@@ -46,20 +47,27 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, path: str | None = None) -> tor
     # CUDA: the Triton kernel (`kernels.int8_matmul`: int8 tensor cores, int32 accumulation,
     # any M, no padding); the CPU: ATen's int8 GEMM.
     path = path or {"cuda": "triton", "cpu": "int_mm"}.get(a.device.type, "float64")
+    if path == "int_mm" and a.device.type == "cpu":  # ATen's int8 GEMM, straight into `out`
+        if k == 1:  # torch 2.13's CPU _int_mm returns zeros for K == 1 (tested); a zero column is exact
+            a, b = (torch.nn.functional.pad(t, (0, 1)) for t in (a, b))
+        return torch._int_mm(a, b.t(), out=out)
+    result = _int_matmul(a, b, path)
+    return result if out is None else out.copy_(result)
+
+
+def _int_matmul(a: Tensor, b: Tensor, path: str) -> Tensor:
+    """`int_matmul` on its other paths."""
+    k = a.shape[1]
     if path == "triton":
         import kernels  # lazily: CPU users never need Triton
 
         return kernels.int8_matmul(a.contiguous(), b.contiguous())
-    if path == "int_mm":
-        if a.device.type == "cuda":  # cuBLASLt int8 GEMM: M >= 17, K and N multiples of 8.
-            m, n = a.shape[0], b.shape[0]
-            pad_k, pad_n = -k % 8, -n % 8
-            a = torch.nn.functional.pad(a, (0, pad_k, 0, max(17 - m, 0)))
-            b = torch.nn.functional.pad(b, (0, pad_k, 0, pad_n))
-            return torch._int_mm(a, b.t())[:m, :n]
-        if k == 1:  # torch 2.13's CPU _int_mm returns zeros for K == 1 (tested); a zero column is exact
-            a, b = (torch.nn.functional.pad(t, (0, 1)) for t in (a, b))
-        return torch._int_mm(a, b.t())
+    if path == "int_mm":  # CUDA's cuBLASLt int8 GEMM: M >= 17, K and N multiples of 8.
+        m, n = a.shape[0], b.shape[0]
+        pad_k, pad_n = -k % 8, -n % 8
+        a = torch.nn.functional.pad(a, (0, pad_k, 0, max(17 - m, 0)))
+        b = torch.nn.functional.pad(b, (0, pad_k, 0, pad_n))
+        return torch._int_mm(a, b.t())[:m, :n]
     if path == "float32":
         # Each K-chunk's sums are integers below 2**24: exact in float32 in any order.
         out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)

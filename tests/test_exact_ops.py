@@ -25,6 +25,10 @@ def test_int_matmul_paths_agree_with_numpy(m: int, k: int, n: int, seed: int) ->
     for path in ops.MATMUL_PATHS:
         got = ops.int_matmul(a, b, path)
         assert got.dtype == torch.int32 and np.array_equal(got.numpy(), want), path
+        out = torch.full((m + 1, n), 7, dtype=torch.int32)
+        into = ops.int_matmul(a, b, path, out=out[:m])  # into a given (contiguous) block
+        assert into.data_ptr() == out.data_ptr() and np.array_equal(out[:m].numpy(), want), path
+        assert torch.all(out[m] == 7), path
 
 
 @settings(max_examples=20, deadline=None)
@@ -139,6 +143,9 @@ def test_integer_scores_equal_the_float_matmul(path: str) -> None:
     q = torch.randint(-127, 128, (2, 3, 70, 32), generator=g).float()
     k = torch.randint(-127, 128, (2, 3, 90, 32), generator=g).float()
     assert torch.equal(attn.integer_scores(q, k, path), q @ k.transpose(-1, -2))
+    as_ints = torch.empty(2, 3, 70, 90, dtype=torch.int32)  # the CPU prefill's workspace: the matmuls' own output
+    assert attn.integer_scores(q.to(torch.int8), k.to(torch.int8), path, out=as_ints) is as_ints
+    assert torch.equal(as_ints.float(), q @ k.transpose(-1, -2))
 
 
 def test_attention_paths_agree_bit_for_bit(monkeypatch) -> None:
