@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
                          help="exact: integer arithmetic, the same dream for a seed on any machine and thread "
                               "count, the int8 model's (its cross-entropy within 0.02%% of float32's on the shipped "
                               "model); float: the model's own arithmetic; auto: exact on the CPU, where it is the "
-                              "faster (3x float and 5.2-5.5x transformers at gpt2m width with 4 layers, batch 1), "
+                              "faster (3x float and 5.5x transformers at gpt2m width with 4 layers, batch 1), "
                               "unless --compile; float on CUDA (default: %(default)s)")
     imagine.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
     imagine.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (default: all)")
