@@ -39,7 +39,9 @@ SCORE_CHUNK_TOKENS = 2**10
 # (measured, shipped model: 1 row 38 vs 607 us, 8 rows 0.29 vs 0.79 ms, 64 rows 2.4 vs 1.8 ms);
 # prefills are faster in torch's int8 GEMMs (130 tokens, 1 row: 1.8 vs 2.1 ms).
 COMPILED_MAX_ROWS = 32
-# Prefill chunks of at least this many tokens write their K/V to the cache row by row.
+# Prefill chunks of at least this many tokens write their K/V to the cache by a slice copy per
+# row (gpt2m's windows: an indexed gather and scatter cost 25-50 ms of a 2,452-token prefill);
+# shorter chunks, typically of many rows, by one indexed write (64 rows x 16 tokens: 5.9 vs 9.0 ms).
 SLICED_WRITE_TOKENS = 512
 
 
@@ -234,10 +236,7 @@ class ExactRunner:
         offsets = torch.arange(chunk, device=tokens.device)
         positions = start[:, None] + offsets
         keys = max(max(s + n for s, n in zip(starts, lens)), 1)
-        # Where each row's tokens go in the cache: few long rows (gpt2m's windows) as a slice
-        # copy per row, laid out as the cache is (indexing gathered and scattered 25-50 ms of a
-        # 2,452-token prefill); many short rows as one indexed write (measured faster there).
-        by_row = chunk >= SLICED_WRITE_TOKENS
+        by_row = chunk >= SLICED_WRITE_TOKENS  # how the rows' K/V go into the cache
         if not by_row:
             row_ids, pos_ids = torch.nonzero(offsets[None, :] < query_lens[:, None], as_tuple=True)
             write_pos = positions[row_ids, pos_ids]
