@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from engine.host import MAX_THREADS
+
 from .defaults import DEFAULT_LANES, DEFAULT_MAX_BATCH, MAX_DEFAULT_JOBS, default_jobs
 from .errors import CompressError
 from .format import MAX_BATCH, MAX_LANES
 
 PROG = "python -m compress"
-# torch crashes on absurd thread counts (100000 segfaults); no CPU coder gains from more.
-# engine.Numerics accepts the same range when it rebuilds a file's engine.
-MAX_THREADS = 512
 MAX_JOBS = 64  # worker processes (each loads torch and the model)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .host import MAX_THREADS
+
 # Float numerics' threads. Measured on a busy 2-core CPU (docs/BENCHMARKS.md): a batch-1 decode
 # step of the shipped model took 70 ms with 2 threads and 1.6 ms with 1; small batches do not
 # feed more cores. Exact numerics take the usable CPUs (their steps run compiled, in one
@@ -86,8 +88,8 @@ def _imagine(args: argparse.Namespace) -> int:
             raise _UserError(f"{output} exists (use -f to overwrite)")
         if not output.parent.is_dir():
             raise _UserError(f"{output}: directory {output.parent} does not exist")
-    if args.frames < 0 or (args.threads is not None and args.threads < 1):
-        raise _UserError("-n must be >= 0 and --threads >= 1")
+    if args.frames < 0 or (args.threads is not None and not 1 <= args.threads <= MAX_THREADS):
+        raise _UserError(f"-n must be >= 0 and --threads in 1..{MAX_THREADS}")
     if args.numerics == "exact" and args.compile:
         raise _UserError("--compile applies to --numerics float only: exact numerics run eagerly")
     context = np.zeros((0, 8, 16), np.int16) if args.context is None else _load(args.context)

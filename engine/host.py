@@ -19,6 +19,9 @@ import ctypes
 import os
 import sys
 
+# torch crashes on absurd thread counts (100000 segfaults), and no CPU path here gains from more:
+# the bound of every thread count a user or a file's header gives.
+MAX_THREADS = 512
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (glibc's malloc.h)
 TRIM_ABOVE = 2**30  # free memory at the heap's top beyond this goes back to the OS
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import EngineError
+from .host import MAX_THREADS
 
 MODES = ("float", "exact")
 # The exact mode's arithmetic (`exact_ops`, `exact_attention`, `quantize`): bump it with any
@@ -183,8 +184,8 @@ def _check(n: Numerics) -> None:
     chunk = n.prefill_chunk
     if type(chunk) is not int or not 16 <= chunk <= 65536 or chunk & (chunk - 1):
         raise EngineError(f"prefill_chunk must be a power of two in 16..65536, got {_shown(chunk)}")
-    if n.threads is not None and (type(n.threads) is not int or not 1 <= n.threads <= 512):
-        raise EngineError(f"numerics threads must be an integer in 1..512, got {_shown(n.threads)}")
+    if n.threads is not None and (type(n.threads) is not int or not 1 <= n.threads <= MAX_THREADS):
+        raise EngineError(f"numerics threads must be an integer in 1..{MAX_THREADS}, got {_shown(n.threads)}")
     for name in ("cpu_capability", "gpu"):
         value = getattr(n, name)
         if value is not None and (not isinstance(value, str) or len(value) > _MAX_TEXT):

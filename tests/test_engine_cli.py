@@ -82,6 +82,13 @@ def test_bad_context_files_fail_before_the_model_loads(tmp_path: Path, capsys) -
     assert not (tmp_path / "out.npy").exists()
 
 
+@pytest.mark.parametrize("threads", ["0", "513", "100000"])  # torch segfaults on absurd counts
+def test_thread_counts_are_bounded(tmp_path: Path, capsys, threads: str) -> None:
+    code, err = run_main(capsys, str(tmp_path / "out.npy"), "-n", "1", "--threads", threads, "--model",
+                         str(tmp_path / "no-model"))
+    assert code == 1 and "--threads in 1..512" in err and "no-model" not in err
+
+
 def test_output_checks(tmp_path: Path, capsys, monkeypatch) -> None:
     code, err = run_main(capsys, str(tmp_path / "missing" / "out.npy"), "-n", "1")
     assert code == 1 and "does not exist" in err and not (tmp_path / "missing").exists()
