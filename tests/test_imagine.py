@@ -251,3 +251,16 @@ def test_the_replayed_frame_graph_is_bit_identical_to_the_uncaptured_loop(backen
         stepwise = stepwise_frame(streams, streams.prefill(context), seeds, step, sampling)
         assert torch.equal(replayed, uncaptured), frames
         assert torch.equal(replayed, stepwise), frames
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_exact_numerics_dream_the_cpus_dream_on_cuda() -> None:
+    """The determinism contract across devices: exact numerics on CUDA (the torch ops, the
+    Triton int8 matmul) imagine the CPU's frames (numba steps, ATen's int8 GEMMs) for the same
+    seeds, over a context long enough to reach the last positions of the window."""
+    model = tiny_model(CONFIG)
+    context = np.random.default_rng(8).integers(0, 1024, (2, WINDOW - 1, 128))
+    dreams = [Engine(model, device=device, max_batch=2, numerics="exact").imagine(context, 2, seed=[3, 4])
+              for device in ("cpu", "cuda")]
+    assert np.array_equal(dreams[0], dreams[1])
