@@ -46,7 +46,7 @@ SLICED_WRITE_TOKENS = 512
 
 
 class ExactRunner:
-    """`forward` has ModelRunner.forward's contract; `score` is teacher forcing."""
+    """`forward` has ModelRunner.forward's contract (teacher forcing: `exact_score.score`)."""
 
     def __init__(
         self, model: GPT, *, max_batch: int, device: torch.device | str = "cpu", matmul_path: str | None = None
@@ -60,6 +60,9 @@ class ExactRunner:
         self.gelu_table = ops.gelu_table().to(device)
         self.exp_table = attn.exp_table().to(device)
         self.pv_max = attn.prob_max(config.n_positions)
+        # Prefills and teacher forcing of long contexts on the CPU attend on int8 keys and values
+        # (int8 matmuls, `exact_attention.int8_pays`); elsewhere on float32 integers.
+        self.int8_attention = device.type == "cpu" and attn.int8_pays(self.pv_max)
         tables = self.gelu_table.cpu().numpy().tobytes() + self.exp_table.cpu().numpy().tobytes()
         tables += repr(self.pv_max).encode()
         self.fingerprint: str = quantized_fingerprint(self.weights, tables)
@@ -84,7 +87,7 @@ class ExactRunner:
         self._dead_scale = torch.tensor([1.0, 0.0, 0.0], device=device).view(3, 1, 1)
         self._kv_factor = torch.tensor([attn.key_factor(config.head_dim), 1.0], device=device).view(2, 1, 1)
         # On the CPU: steps of up to `compiled_max_rows` rows as one numba call (`exact_numba`),
-        # the other calls' linears and GELU with their elementwise passes compiled (`exact_cpu`).
+        # the other calls' LayerNorm, linears, GELU and q/k/v quantization compiled (`exact_cpu`).
         self.compiled, self._ops = None, ops
         if device.type == "cpu":
             from . import exact_cpu
@@ -247,7 +250,6 @@ class ExactRunner:
         mask = {False: attn.causal_mask(positions[:, None], keys)}
         mask[True] = attn.causal_mask(narrow(positions)[:, None], keys)
         reach = {False: max(starts), True: max(s + max(n - 1, 0) for s, n in zip(starts, lens))}
-        int8 = tokens.device.type == "cpu" and attn.int8_pays(self.pv_max)
 
         def attend(layer: int, q: Tensor, q_scale: Tensor, kv: Tensor, kv_scale: Tensor, narrowed: bool) -> Tensor:
             cache, scales = self.kv[layer, row0 : row0 + rows], self.kv_scale[layer, row0 : row0 + rows]
@@ -258,8 +260,8 @@ class ExactRunner:
             else:
                 cache[row_ids, :, :, write_pos] = kv[row_ids, pos_ids].to(torch.int8)
                 scales[row_ids, :, :, :, write_pos] = kv_scale[row_ids, pos_ids]
-            # Long contexts on the CPU attend on the int8 cache itself (int8 matmuls), else on floats.
-            k, v = cache[:, :, :, :keys].unbind(1) if int8 else self._as_float(cache, rows, keys)
+            # On the int8 cache itself (long contexts on the CPU), else on its float conversion.
+            k, v = cache[:, :, :, :keys].unbind(1) if self.int8_attention else self._as_float(cache, rows, keys)
             k_mult, v_scale = scales[..., :keys].unbind(1)
             y = torch.empty(q.shape, device=q.device)  # [rows, chunk, head, d], filled by heads
             attn.attention(q.transpose(1, 2), q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[narrowed],

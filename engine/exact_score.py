@@ -46,9 +46,9 @@ def _score_chunk(runner: ExactRunner, tokens: Tensor, first: int, mask: Tensor, 
         k_mult, v_scale = kv_scale.permute(2, 0, 3, 4, 1)
         y = torch.empty(q.shape, device=q.device)  # [rows, length, head, d], filled by heads
         q = q.transpose(1, 2)
-        # Long contexts on the CPU: int8 keys and values, QK^T per query block inside attention
-        # (as prefills do); else QK^T for the whole sequence here, in int8 matmuls.
-        int8 = v.device.type == "cpu" and attn.int8_pays(runner.pv_max)
+        # int8 keys and values (`runner.int8_attention`): QK^T per query block inside attention,
+        # as prefills do; else QK^T for the whole sequence here, in int8 matmuls.
+        int8 = runner.int8_attention
         k, v = (k.to(torch.int8), v.to(torch.int8)) if int8 else (k, v.to(runner.pv_max[1]))
         attn.attention(q, q_scale.transpose(1, 2), k, k_mult, v, v_scale, mask[first:] if narrowed else mask,
                        first if narrowed else 0, runner.exp_table, runner.pv_max, out=y.transpose(1, 2),

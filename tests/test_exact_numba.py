@@ -193,22 +193,21 @@ def test_the_cpu_linear_and_gelu_equal_the_torch_ops() -> None:
     assert torch.equal(exact_cpu.gelu(h.clone(), runner.gelu_table).view(torch.int32), want.view(torch.int32))
 
 
-def test_the_cpu_prefill_equals_the_torch_ops_alone(monkeypatch) -> None:
+def test_the_cpu_prefill_equals_the_torch_ops_alone() -> None:
     """The CPU's prefill (exact_cpu: LayerNorm, linears, GELU and the q/k/v quantization
     compiled; long contexts attending on the int8 cache with the compiled softmax) against the
     torch ops alone (exact_ops, float attention), at gpt2m's window length: logits and cache."""
-    from engine import exact_attention as attn
     from engine import exact_ops
 
     model = MODELS["wide"]()
     cpu, alone = ExactRunner(model, max_batch=3), ExactRunner(model, max_batch=3)
-    alone.compiled, alone._ops = None, exact_ops
+    assert cpu.int8_attention  # gpt2m's length: the CPU attends on the int8 cache
+    alone.compiled, alone._ops, alone.int8_attention = None, exact_ops, False
     positions = cpu.config.n_positions
     window = np.full((3, positions), 1024, dtype=np.int64)
     window.reshape(3, 20, 129)[:, :, 1:] = frames(60, seed=5).reshape(3, 20, 128)
     tokens, start, lens = torch.from_numpy(window), torch.zeros(3, dtype=torch.int32), torch.tensor([positions, 700, 3])
     got = cpu.forward(tokens, start, lens.int()).numpy()
-    monkeypatch.setattr(attn, "int8_pays", lambda pv_max: False)
     want = alone.forward(tokens, start, lens.int()).numpy()
     assert np.array_equal(got.view(np.int32), want.view(np.int32))
     assert torch.equal(cpu.kv, alone.kv) and torch.equal(cpu.kv_scale.view(torch.int32), alone.kv_scale.view(torch.int32))
