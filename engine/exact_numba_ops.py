@@ -47,7 +47,7 @@ def abs_max(x):
     bits = x.view(np.int32)
     top = np.int32(0)
     for i in range(bits.shape[0]):
-        top = max(top, bits[i] & np.int32(0x7FFFFFFF))
+        top = max(top, bits[i] & SIGN_FREE)
     return as_float32(top)
 
 
